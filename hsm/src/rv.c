@@ -1,0 +1,96 @@
+/*
+ * rv.c: names for PKCS#11 return values and the one place a CK_RV becomes an
+ * error record.  Must never put a PIN or key byte into a message.
+ */
+#include "hsm_internal.h"
+
+#include <stdio.h>
+
+const char *hsm_rv_name(CK_RV rv)
+{
+    static const struct {
+        CK_RV rv;
+        const char *name;
+    } names[] = {
+#define HSM_RV_NAME(x) {x, #x}
+        HSM_RV_NAME(CKR_OK),
+        HSM_RV_NAME(CKR_CANCEL),
+        HSM_RV_NAME(CKR_HOST_MEMORY),
+        HSM_RV_NAME(CKR_SLOT_ID_INVALID),
+        HSM_RV_NAME(CKR_GENERAL_ERROR),
+        HSM_RV_NAME(CKR_FUNCTION_FAILED),
+        HSM_RV_NAME(CKR_ARGUMENTS_BAD),
+        HSM_RV_NAME(CKR_CANT_LOCK),
+        HSM_RV_NAME(CKR_ATTRIBUTE_READ_ONLY),
+        HSM_RV_NAME(CKR_ATTRIBUTE_SENSITIVE),
+        HSM_RV_NAME(CKR_ATTRIBUTE_TYPE_INVALID),
+        HSM_RV_NAME(CKR_ATTRIBUTE_VALUE_INVALID),
+        HSM_RV_NAME(CKR_DATA_INVALID),
+        HSM_RV_NAME(CKR_DATA_LEN_RANGE),
+        HSM_RV_NAME(CKR_DEVICE_ERROR),
+        HSM_RV_NAME(CKR_DEVICE_MEMORY),
+        HSM_RV_NAME(CKR_DEVICE_REMOVED),
+        HSM_RV_NAME(CKR_ENCRYPTED_DATA_INVALID),
+        HSM_RV_NAME(CKR_ENCRYPTED_DATA_LEN_RANGE),
+        HSM_RV_NAME(CKR_FUNCTION_CANCELED),
+        HSM_RV_NAME(CKR_FUNCTION_NOT_SUPPORTED),
+        HSM_RV_NAME(CKR_KEY_HANDLE_INVALID),
+        HSM_RV_NAME(CKR_KEY_SIZE_RANGE),
+        HSM_RV_NAME(CKR_KEY_TYPE_INCONSISTENT),
+        HSM_RV_NAME(CKR_KEY_FUNCTION_NOT_PERMITTED),
+        HSM_RV_NAME(CKR_KEY_UNEXTRACTABLE),
+        HSM_RV_NAME(CKR_MECHANISM_INVALID),
+        HSM_RV_NAME(CKR_MECHANISM_PARAM_INVALID),
+        HSM_RV_NAME(CKR_OBJECT_HANDLE_INVALID),
+        HSM_RV_NAME(CKR_OPERATION_ACTIVE),
+        HSM_RV_NAME(CKR_OPERATION_NOT_INITIALIZED),
+        HSM_RV_NAME(CKR_PIN_INCORRECT),
+        HSM_RV_NAME(CKR_PIN_INVALID),
+        HSM_RV_NAME(CKR_PIN_LEN_RANGE),
+        HSM_RV_NAME(CKR_PIN_EXPIRED),
+        HSM_RV_NAME(CKR_PIN_LOCKED),
+        HSM_RV_NAME(CKR_SESSION_CLOSED),
+        HSM_RV_NAME(CKR_SESSION_COUNT),
+        HSM_RV_NAME(CKR_SESSION_HANDLE_INVALID),
+        HSM_RV_NAME(CKR_SESSION_PARALLEL_NOT_SUPPORTED),
+        HSM_RV_NAME(CKR_SESSION_READ_ONLY),
+        HSM_RV_NAME(CKR_SESSION_EXISTS),
+        HSM_RV_NAME(CKR_SESSION_READ_ONLY_EXISTS),
+        HSM_RV_NAME(CKR_SESSION_READ_WRITE_SO_EXISTS),
+        HSM_RV_NAME(CKR_TEMPLATE_INCOMPLETE),
+        HSM_RV_NAME(CKR_TEMPLATE_INCONSISTENT),
+        HSM_RV_NAME(CKR_TOKEN_NOT_PRESENT),
+        HSM_RV_NAME(CKR_TOKEN_NOT_RECOGNIZED),
+        HSM_RV_NAME(CKR_TOKEN_WRITE_PROTECTED),
+        HSM_RV_NAME(CKR_UNWRAPPING_KEY_HANDLE_INVALID),
+        HSM_RV_NAME(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
+        HSM_RV_NAME(CKR_USER_ALREADY_LOGGED_IN),
+        HSM_RV_NAME(CKR_USER_NOT_LOGGED_IN),
+        HSM_RV_NAME(CKR_USER_PIN_NOT_INITIALIZED),
+        HSM_RV_NAME(CKR_USER_TYPE_INVALID),
+        HSM_RV_NAME(CKR_USER_ANOTHER_ALREADY_LOGGED_IN),
+        HSM_RV_NAME(CKR_USER_TOO_MANY_TYPES),
+        HSM_RV_NAME(CKR_WRAPPED_KEY_INVALID),
+        HSM_RV_NAME(CKR_WRAPPED_KEY_LEN_RANGE),
+        HSM_RV_NAME(CKR_WRAPPING_KEY_HANDLE_INVALID),
+        HSM_RV_NAME(CKR_RANDOM_NO_RNG),
+        HSM_RV_NAME(CKR_BUFFER_TOO_SMALL),
+        HSM_RV_NAME(CKR_CRYPTOKI_NOT_INITIALIZED),
+        HSM_RV_NAME(CKR_CRYPTOKI_ALREADY_INITIALIZED),
+#undef HSM_RV_NAME
+    };
+    for (size_t i = 0; i < KV_ARRAY_LEN(names); i++) {
+        if (names[i].rv == rv) return names[i].name;
+    }
+    return "CKR_(unknown)";
+}
+
+kv_result hsm_rv_error(CK_RV rv, const char *call, const char *file, int line)
+{
+    kv_code code = KV_ERR_UNAVAILABLE;
+    /* Out of memory is not an outage of the token. */
+    if (rv == CKR_HOST_MEMORY || rv == CKR_DEVICE_MEMORY) code = KV_ERR_RESOURCE_EXHAUSTED;
+    kv_error_set(code, file, line, "PKCS#11 token error in %s: %s", call, hsm_rv_name(rv));
+    kv_error_detail("%s returned %s (0x%lx)", call, hsm_rv_name(rv), (unsigned long)rv);
+    return KV_FAILURE;
+}
