@@ -1,0 +1,79 @@
+/*
+ * store.h: the vault's LMDB store.  Only store.c includes lmdb.h.
+ *
+ * Tables hold protobuf-encoded records (proto/hsmvault/store/records.proto):
+ *   tenants      <tenant_id>                    TenantRecord
+ *   keys         <tenant_id>/<key_id>           KeyRecord (tenant keys and service keys)
+ *   environments <environment_id>               EnvironmentRecord
+ *   databases    <environment_id>/<database_id> DatabaseRecord
+ *   principals   <principal>                    PrincipalRecord
+ *   meta         schema_version, ...            raw bytes
+ *
+ * Every state change is one write transaction (store_update), committed on
+ * the thread that began it; MDB_MAP_FULL grows the map and retries the whole
+ * update, so update functions must only touch the store (token work happens
+ * before, outside the transaction).  Durable sync: no MDB_NOSYNC.
+ */
+#ifndef STORE_H
+#define STORE_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kv_result.h"
+
+typedef enum {
+    STORE_TENANTS = 0,
+    STORE_KEYS,
+    STORE_ENVIRONMENTS,
+    STORE_DATABASES,
+    STORE_PRINCIPALS,
+    STORE_META,
+    STORE_TABLE_COUNT
+} store_table;
+
+typedef struct vault_store vault_store;
+typedef struct store_txn store_txn;
+
+/* Opens (creating if needed) the store in directory dir (mode 0700). */
+KV_RESULT store_open(const char *dir, vault_store **out);
+void store_close(vault_store *s);
+
+/* Read-only snapshot; end it on the same thread. */
+KV_RESULT store_read_begin(vault_store *s, store_txn **out);
+void store_read_end(store_txn *t);
+
+typedef kv_result (*store_update_fn)(store_txn *t, void *ctx);
+/* Runs fn in one write transaction and commits it.  fn may run more than once
+ * (after the map grows), so it must be free of side effects outside the
+ * store.  If fn fails nothing is written. */
+KV_RESULT store_update(vault_store *s, store_update_fn fn, void *ctx);
+
+/* Gets key from table and unpacks it as desc (NOT_FOUND if absent, DATA_LOSS
+ * if the stored bytes do not decode).  Free *out with kv_pb_free. */
+KV_RESULT store_get(store_txn *t, store_table table, const char *key,
+                    const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out);
+KV_RESULT store_put(store_txn *t, store_table table, const char *key, const ProtobufCMessage *msg);
+/* Deletes key; NOT_FOUND if absent. */
+KV_RESULT store_del(store_txn *t, store_table table, const char *key);
+KV_RESULT store_exists(store_txn *t, store_table table, const char *key, bool *exists);
+
+/* Calls fn for every record whose key starts with prefix ("" for all), in key
+ * order.  fn may keep the message by setting *msg = NULL (then it frees it
+ * with kv_pb_free); otherwise it is freed after fn returns.  A failing fn
+ * stops the scan and its error is returned. */
+typedef kv_result (*store_scan_fn)(const char *key, ProtobufCMessage **msg, void *ctx);
+KV_RESULT store_scan(store_txn *t, store_table table, const char *prefix,
+                     const ProtobufCMessageDescriptor *desc, store_scan_fn fn, void *ctx);
+
+/* Raw values for the meta table. */
+KV_RESULT store_meta_get(store_txn *t, const char *key, char *out, size_t cap);
+KV_RESULT store_meta_put(store_txn *t, const char *key, const char *value);
+
+/* Current map size in bytes (for tests of growth). */
+size_t store_map_size(vault_store *s);
+/* Test hook: forces the next map size (bytes) used at open. */
+void store_set_initial_map_size(size_t bytes);
+
+#endif
