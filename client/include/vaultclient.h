@@ -1,0 +1,48 @@
+/*
+ * vaultclient.h: libvaultclient, the C API over the RPC adapter.  vaultctl and
+ * tdenode use only this (and rpc_client.h underneath).
+ *
+ * Requests and replies are protobuf-c messages of hsmvault.v1.  Replies are
+ * unpacked through the wiping allocator: free them with kv_pb_free, which
+ * wipes DEKs and PFX bytes.  Errors carry the server's gRPC code and message.
+ */
+#ifndef VAULTCLIENT_H
+#define VAULTCLIENT_H
+
+#include <limits.h>
+#include <protobuf-c/protobuf-c.h>
+#include <stdint.h>
+
+#include "kv_result.h"
+#include "kv_secret.h"
+
+typedef struct vc vc;
+
+/* A connection profile (a vaultctl profile file: target, server_name, ca,
+ * cert, key). */
+typedef struct {
+    char target[256];
+    char server_name[128];
+    char ca[PATH_MAX];
+    char cert[PATH_MAX];
+    char key[PATH_MAX];
+    int64_t timeout_ms; /* 0: 30 s */
+} vc_profile;
+
+KV_RESULT vc_profile_load(const char *path, vc_profile *p);
+KV_RESULT vc_open(const vc_profile *p, vc **out);
+void vc_close(vc *c);
+
+/* One unary call: packs req, calls method ("/hsmvault.v1.Tenants/WhoAmI"),
+ * unpacks the reply as resp_desc. */
+KV_RESULT vc_call(vc *c, const char *method, const ProtobufCMessage *req,
+                  const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp);
+
+/* Storage-node conveniences: the DEK lands in a kv_secret (allocated here). */
+KV_RESULT vc_database_key_create(vc *c, const char *environment_id, const char *name,
+                                 char *database_id, size_t id_cap, kv_secret *dek,
+                                 uint32_t *lease_seconds);
+KV_RESULT vc_database_key_unwrap(vc *c, const char *environment_id, const char *database_id,
+                                 kv_secret *dek, uint32_t *lease_seconds);
+
+#endif

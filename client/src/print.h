@@ -1,0 +1,15 @@
+/*
+ * print.h: prints any hsmvault.v1 reply message as text or JSON by walking
+ * its protobuf-c descriptor, so every vaultctl command has --json.
+ * Never prints a bytes field (PFX files and DEKs are bytes).
+ */
+#ifndef VAULTCTL_PRINT_H
+#define VAULTCTL_PRINT_H
+
+#include <protobuf-c/protobuf-c.h>
+#include <stdbool.h>
+#include <stdio.h>
+
+void print_message(FILE *f, const ProtobufCMessage *m, bool json);
+
+#endif

@@ -1,0 +1,635 @@
+/*
+ * vaultctl.c: the admin/operator CLI over libvaultclient.
+ *
+ * Passwords come from --password-file, --password-stdin or a no-echo prompt,
+ * never argv.  A downloaded PFX is written 0600 and never over an existing
+ * file.  One line on stderr per error; exit codes are documented in --help.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include "hsmvault/v1/audit.pb-c.h"
+#include "hsmvault/v1/environments.pb-c.h"
+#include "hsmvault/v1/key_access.pb-c.h"
+#include "hsmvault/v1/keys.pb-c.h"
+#include "hsmvault/v1/tenants.pb-c.h"
+#include "hsmvault/v1/testing.pb-c.h"
+#include "kv_base64.h"
+#include "kv_file.h"
+#include "kv_pb.h"
+#include "kv_secret.h"
+#include "print.h"
+#include "vaultclient.h"
+
+/* Exit codes (documented in --help and docs/vaultctl.md). */
+enum {
+    EXIT_OK = 0,
+    EXIT_ERROR = 1,
+    EXIT_USAGE = 2,
+    EXIT_INVALID = 3,
+    EXIT_NOT_FOUND = 4,
+    EXIT_DENIED = 5,
+    EXIT_PRECONDITION = 6,
+    EXIT_UNAVAILABLE = 7,
+    EXIT_EXISTS = 8,
+    EXIT_UNIMPLEMENTED = 9,
+};
+
+#define MAX_CONTACTS 32
+#define PFX_FILE_MAX (64u * 1024u)
+
+typedef struct {
+    const char *name, *tenant, *env, *key, *db, *principal, *role, *type, *subscription, *out, *pfx;
+    const char *password_file, *confirm;
+    const char *contacts[MAX_CONTACTS];
+    size_t n_contacts;
+    long long seconds;
+    bool password_stdin, json, have_seconds;
+} cli;
+
+typedef int (*cmd_fn)(vc *c, const cli *a);
+typedef struct {
+    const char *group, *verb;
+    cmd_fn fn;
+    const char *args;
+    const char *help;
+} cmd;
+
+static int exit_for(kv_code code)
+{
+    switch (code) {
+    case KV_ERR_INVALID_ARGUMENT:
+    case KV_ERR_OUT_OF_RANGE:
+    case KV_ERR_RESOURCE_EXHAUSTED: return EXIT_INVALID;
+    case KV_ERR_NOT_FOUND: return EXIT_NOT_FOUND;
+    case KV_ERR_PERMISSION_DENIED:
+    case KV_ERR_UNAUTHENTICATED: return EXIT_DENIED;
+    case KV_ERR_FAILED_PRECONDITION:
+    case KV_ERR_ABORTED: return EXIT_PRECONDITION;
+    case KV_ERR_UNAVAILABLE:
+    case KV_ERR_DEADLINE_EXCEEDED: return EXIT_UNAVAILABLE;
+    case KV_ERR_ALREADY_EXISTS: return EXIT_EXISTS;
+    case KV_ERR_UNIMPLEMENTED: return EXIT_UNIMPLEMENTED;
+    default: return EXIT_ERROR;
+    }
+}
+
+static int fail(void)
+{
+    fprintf(stderr, "vaultctl: %s: %s\n", kv_code_name(kv_error_code()), kv_error_msg());
+    return exit_for(kv_error_code());
+}
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "vaultctl: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see vaultctl --help)\n");
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+#define NEED(field, opt)                                                                           \
+    do {                                                                                           \
+        if (a->field == NULL) return usage_error("%s is required", "--" opt);                      \
+    } while (0)
+
+/* Calls method and prints the reply (text or JSON). */
+static int call_print(vc *c, const cli *a, const char *method, const ProtobufCMessage *req,
+                      const ProtobufCMessageDescriptor *desc)
+{
+    ProtobufCMessage *resp = NULL;
+    if (kv_failed(vc_call(c, method, req, desc, &resp))) return fail();
+    print_message(stdout, resp, a->json);
+    kv_pb_free(resp);
+    return EXIT_OK;
+}
+
+/* Reads a password without echo from the terminal. */
+static kv_result prompt_password(const char *prompt, kv_secret *out)
+{
+    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
+    KV_ENSURE(fd >= 0, KV_ERR_INVALID_ARGUMENT,
+              "no terminal to ask for the password: use --password-file or --password-stdin");
+    struct termios old, quiet;
+    bool restore = tcgetattr(fd, &old) == 0;
+    if (restore) {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(fd, TCSAFLUSH, &quiet);
+    }
+    ssize_t w = write(fd, prompt, strlen(prompt));
+    (void)w;
+    kv_result r = kv_secret_alloc(out, 1025);
+    size_t n = 0;
+    while (kv_ok(r)) {
+        char ch;
+        ssize_t got = read(fd, &ch, 1);
+        if (got <= 0 || ch == '\n') break;
+        if (n >= 1024) {
+            r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "password longer than 1024 bytes");
+            break;
+        }
+        out->data[n++] = (uint8_t)ch;
+        ch = 0;
+    }
+    out->len = n;
+    w = write(fd, "\n", 1);
+    if (restore) tcsetattr(fd, TCSAFLUSH, &old);
+    close(fd);
+    if (kv_failed(r)) kv_secret_free(out);
+    return r;
+}
+
+/* A password file or stdin holds the password as its first line, as with
+ * openssl's -passin file: (one trailing LF or CRLF is not part of it). */
+static kv_result read_password_line(const cli *a, kv_secret *out)
+{
+    if (a->password_file != NULL)
+        KV_GUARD(kv_secret_read_file(out, a->password_file, 1024));
+    else
+        KV_GUARD(kv_secret_read_fd(out, 0, 1024));
+    if (out->len > 0 && out->data[out->len - 1] == '\n') out->len--;
+    if (out->len > 0 && out->data[out->len - 1] == '\r') out->len--;
+    kv_wipe(out->data + out->len, out->cap - out->len);
+    if (memchr(out->data, '\n', out->len) != NULL) {
+        kv_secret_free(out);
+        KV_BAIL(KV_ERR_INVALID_ARGUMENT, "the password %s holds more than one line",
+                a->password_file != NULL ? "file" : "on stdin");
+    }
+    return KV_SUCCESS;
+}
+
+static kv_result read_password(const cli *a, bool confirm, kv_secret *out)
+{
+    if (a->password_file != NULL || a->password_stdin) return read_password_line(a, out);
+    KV_GUARD(prompt_password("Password: ", out));
+    if (!confirm) return KV_SUCCESS;
+    kv_secret again = KV_SECRET_INIT;
+    kv_result r = prompt_password("Repeat password: ", &again);
+    if (kv_ok(r) && (again.len != out->len || !kv_ct_equal(again.data, out->data, out->len)))
+        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "the passwords do not match");
+    kv_secret_free(&again);
+    if (kv_failed(r)) kv_secret_free(out);
+    return r;
+}
+
+static int cmd_whoami(vc *c, const cli *a)
+{
+    Hsmvault__V1__WhoAmIRequest req = HSMVAULT__V1__WHO_AM_IREQUEST__INIT;
+    return call_print(c, a, "/hsmvault.v1.Tenants/WhoAmI", &req.base, &hsmvault__v1__who_am_iresponse__descriptor);
+}
+
+static int cmd_tenant_create(vc *c, const cli *a)
+{
+    NEED(name, "name");
+    NEED(subscription, "subscription");
+    if (a->n_contacts == 0) return usage_error("%s is required (repeat it for each admin)", "--admin-contact");
+    Hsmvault__V1__CreateTenantRequest req = HSMVAULT__V1__CREATE_TENANT_REQUEST__INIT;
+    req.name = (char *)(uintptr_t)a->name;
+    req.subscription_id = (char *)(uintptr_t)a->subscription;
+    req.n_admin_contacts = a->n_contacts;
+    req.admin_contacts = (char **)(uintptr_t)a->contacts;
+    return call_print(c, a, "/hsmvault.v1.Tenants/CreateTenant", &req.base, &hsmvault__v1__tenant__descriptor);
+}
+
+static int cmd_tenant_list(vc *c, const cli *a)
+{
+    Hsmvault__V1__ListTenantsRequest req = HSMVAULT__V1__LIST_TENANTS_REQUEST__INIT;
+    return call_print(c, a, "/hsmvault.v1.Tenants/ListTenants", &req.base,
+                      &hsmvault__v1__list_tenants_response__descriptor);
+}
+
+static int cmd_tenant_show(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__GetTenantRequest req = HSMVAULT__V1__GET_TENANT_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    return call_print(c, a, "/hsmvault.v1.Tenants/GetTenant", &req.base, &hsmvault__v1__tenant__descriptor);
+}
+
+static int cmd_tenant_enable(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__EnableSelfManagedKeysRequest req = HSMVAULT__V1__ENABLE_SELF_MANAGED_KEYS_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    return call_print(c, a, "/hsmvault.v1.Tenants/EnableSelfManagedKeys", &req.base,
+                      &hsmvault__v1__tenant__descriptor);
+}
+
+static int parse_role(const char *s, Hsmvault__V1__Role *out)
+{
+    static const struct {
+        const char *name;
+        Hsmvault__V1__Role role;
+    } roles[] = {
+        {"operator", HSMVAULT__V1__ROLE__ROLE_OPERATOR},
+        {"tenant-admin", HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN},
+        {"environment-admin", HSMVAULT__V1__ROLE__ROLE_ENVIRONMENT_ADMIN},
+        {"storage-node", HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE},
+        {"auditor", HSMVAULT__V1__ROLE__ROLE_AUDITOR},
+    };
+    for (size_t i = 0; i < KV_ARRAY_LEN(roles); i++)
+        if (strcmp(s, roles[i].name) == 0) {
+            *out = roles[i].role;
+            return 0;
+        }
+    return -1;
+}
+
+static int cmd_role_bind_or_unbind(vc *c, const cli *a, bool bind)
+{
+    NEED(principal, "principal");
+    NEED(role, "role");
+    Hsmvault__V1__RoleBinding b = HSMVAULT__V1__ROLE_BINDING__INIT;
+    if (parse_role(a->role, &b.role) != 0)
+        return usage_error("unknown role '%s' (operator, tenant-admin, environment-admin, storage-node, auditor)",
+                           a->role);
+    b.principal = (char *)(uintptr_t)a->principal;
+    b.tenant_id = (char *)(uintptr_t)(a->tenant ? a->tenant : "");
+    b.environment_id = (char *)(uintptr_t)(a->env ? a->env : "");
+    if (bind) {
+        Hsmvault__V1__BindRoleRequest req = HSMVAULT__V1__BIND_ROLE_REQUEST__INIT;
+        req.binding = &b;
+        return call_print(c, a, "/hsmvault.v1.Tenants/BindRole", &req.base, &hsmvault__v1__role_binding__descriptor);
+    }
+    Hsmvault__V1__UnbindRoleRequest req = HSMVAULT__V1__UNBIND_ROLE_REQUEST__INIT;
+    req.binding = &b;
+    return call_print(c, a, "/hsmvault.v1.Tenants/UnbindRole", &req.base,
+                      &hsmvault__v1__unbind_role_response__descriptor);
+}
+
+static int cmd_role_bind(vc *c, const cli *a) { return cmd_role_bind_or_unbind(c, a, true); }
+static int cmd_role_unbind(vc *c, const cli *a) { return cmd_role_bind_or_unbind(c, a, false); }
+
+static int cmd_role_list(vc *c, const cli *a)
+{
+    Hsmvault__V1__ListRoleBindingsRequest req = HSMVAULT__V1__LIST_ROLE_BINDINGS_REQUEST__INIT;
+    req.principal = (char *)(uintptr_t)(a->principal ? a->principal : "");
+    return call_print(c, a, "/hsmvault.v1.Tenants/ListRoleBindings", &req.base,
+                      &hsmvault__v1__list_role_bindings_response__descriptor);
+}
+
+static int cmd_env_create(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    NEED(name, "name");
+    NEED(type, "type");
+    Hsmvault__V1__CreateEnvironmentRequest req = HSMVAULT__V1__CREATE_ENVIRONMENT_REQUEST__INIT;
+    if (strcmp(a->type, "production") == 0)
+        req.type = HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_PRODUCTION;
+    else if (strcmp(a->type, "sandbox") == 0)
+        req.type = HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX;
+    else
+        return usage_error("--type must be production or sandbox, not '%s'", a->type);
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    req.name = (char *)(uintptr_t)a->name;
+    return call_print(c, a, "/hsmvault.v1.Environments/CreateEnvironment", &req.base,
+                      &hsmvault__v1__environment__descriptor);
+}
+
+static int cmd_env_list(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__ListEnvironmentsRequest req = HSMVAULT__V1__LIST_ENVIRONMENTS_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    return call_print(c, a, "/hsmvault.v1.Environments/ListEnvironments", &req.base,
+                      &hsmvault__v1__list_environments_response__descriptor);
+}
+
+static int cmd_env_show(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    Hsmvault__V1__GetEnvironmentRequest req = HSMVAULT__V1__GET_ENVIRONMENT_REQUEST__INIT;
+    req.environment_id = (char *)(uintptr_t)a->env;
+    return call_print(c, a, "/hsmvault.v1.Environments/GetEnvironment", &req.base,
+                      &hsmvault__v1__environment__descriptor);
+}
+
+static int cmd_env_apply(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    Hsmvault__V1__ApplyKeyRequest req = HSMVAULT__V1__APPLY_KEY_REQUEST__INIT;
+    req.environment_id = (char *)(uintptr_t)a->env;
+    return call_print(c, a, "/hsmvault.v1.Environments/ApplyKey", &req.base, &hsmvault__v1__environment__descriptor);
+}
+
+static int cmd_env_return(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    Hsmvault__V1__ReturnToServiceKeyRequest req = HSMVAULT__V1__RETURN_TO_SERVICE_KEY_REQUEST__INIT;
+    req.environment_id = (char *)(uintptr_t)a->env;
+    req.confirmation_name = (char *)(uintptr_t)(a->confirm ? a->confirm : "");
+    return call_print(c, a, "/hsmvault.v1.Environments/ReturnToServiceKey", &req.base,
+                      &hsmvault__v1__environment__descriptor);
+}
+
+static int cmd_key_generate(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    NEED(name, "name");
+    NEED(out, "out");
+    if (access(a->out, F_OK) == 0) {
+        fprintf(stderr, "vaultctl: ALREADY_EXISTS: %s already exists; refusing to overwrite it\n", a->out);
+        return EXIT_EXISTS;
+    }
+    kv_secret pw = KV_SECRET_INIT;
+    if (kv_failed(read_password(a, true, &pw))) return fail();
+    Hsmvault__V1__GenerateKeyRequest req = HSMVAULT__V1__GENERATE_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    req.name = (char *)(uintptr_t)a->name;
+    req.password = (ProtobufCBinaryData){pw.len, pw.data};
+    Hsmvault__V1__GenerateKeyResponse *resp = NULL;
+    kv_result r = vc_call(c, "/hsmvault.v1.TenantKeys/GenerateKey", &req.base,
+                          &hsmvault__v1__generate_key_response__descriptor, (ProtobufCMessage **)&resp);
+    kv_secret_free(&pw);
+    if (kv_failed(r)) return fail();
+    r = kv_file_write_new(a->out, resp->pfx.data, resp->pfx.len, 0600);
+    if (kv_ok(r) && resp->key != NULL) print_message(stdout, &resp->key->base, a->json);
+    kv_pb_free(&resp->base);
+    if (kv_failed(r)) {
+        kv_error_context("the key was generated but its PFX could not be saved");
+        return fail();
+    }
+    if (!a->json) fprintf(stderr, "vaultctl: PFX written to %s (mode 0600); keep it and its password safe\n", a->out);
+    return EXIT_OK;
+}
+
+static int cmd_key_upload(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    NEED(name, "name");
+    NEED(pfx, "pfx");
+    uint8_t *file = NULL;
+    size_t len = 0;
+    if (kv_failed(kv_file_read(a->pfx, PFX_FILE_MAX, &file, &len))) return fail();
+    kv_secret pw = KV_SECRET_INIT;
+    if (kv_failed(read_password(a, false, &pw))) {
+        kv_pb_buf_free(file, len);
+        return fail();
+    }
+    Hsmvault__V1__KeyMaterial m;
+    hsmvault__v1__key_material__init(&m);
+    m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
+    m.pfx = (ProtobufCBinaryData){len, file};
+    m.password = (ProtobufCBinaryData){pw.len, pw.data};
+    Hsmvault__V1__UploadKeyRequest req = HSMVAULT__V1__UPLOAD_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    req.name = (char *)(uintptr_t)a->name;
+    req.material = &m;
+    int rc = call_print(c, a, "/hsmvault.v1.TenantKeys/UploadKey", &req.base, &hsmvault__v1__tenant_key__descriptor);
+    kv_secret_free(&pw);
+    kv_pb_buf_free(file, len);
+    return rc;
+}
+
+static int cmd_key_list(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__ListKeysRequest req = HSMVAULT__V1__LIST_KEYS_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    return call_print(c, a, "/hsmvault.v1.TenantKeys/ListKeys", &req.base, &hsmvault__v1__list_keys_response__descriptor);
+}
+
+static int cmd_key_activate(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    NEED(key, "key");
+    Hsmvault__V1__ActivateKeyRequest req = HSMVAULT__V1__ACTIVATE_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    req.key_id = (char *)(uintptr_t)a->key;
+    return call_print(c, a, "/hsmvault.v1.TenantKeys/ActivateKey", &req.base, &hsmvault__v1__tenant_key__descriptor);
+}
+
+/* Prints a database and a check value of its DEK (SHA-256, never the key). */
+static void print_dek_result(const cli *a, const char *env, const char *db, const kv_secret *dek, uint32_t lease)
+{
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+    SHA256(dek->data, dek->len, digest);
+    kv_hex_encode(digest, sizeof(digest), hex);
+    if (a->json)
+        printf("{\"environment_id\":\"%s\",\"database_id\":\"%s\",\"dek_sha256\":\"%s\",\"lease_seconds\":%u}\n", env,
+               db, hex, lease);
+    else
+        printf("environment_id: %s\ndatabase_id: %s\ndek_sha256: %s\nlease_seconds: %u\n", env, db, hex, lease);
+}
+
+static int cmd_db_create(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    NEED(name, "name");
+    char id[64];
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease = 0;
+    if (kv_failed(vc_database_key_create(c, a->env, a->name, id, sizeof(id), &dek, &lease))) return fail();
+    print_dek_result(a, a->env, id, &dek, lease);
+    kv_secret_free(&dek);
+    return EXIT_OK;
+}
+
+static int cmd_db_unwrap(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    NEED(db, "db");
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease = 0;
+    if (kv_failed(vc_database_key_unwrap(c, a->env, a->db, &dek, &lease))) return fail();
+    print_dek_result(a, a->env, a->db, &dek, lease);
+    kv_secret_free(&dek);
+    return EXIT_OK;
+}
+
+static int cmd_db_list(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    Hsmvault__V1__ListDatabasesRequest req = HSMVAULT__V1__LIST_DATABASES_REQUEST__INIT;
+    req.environment_id = (char *)(uintptr_t)a->env;
+    return call_print(c, a, "/hsmvault.v1.KeyAccess/ListDatabases", &req.base,
+                      &hsmvault__v1__list_databases_response__descriptor);
+}
+
+static int cmd_audit_token(vc *c, const cli *a)
+{
+    Hsmvault__V1__ListTokenObjectsRequest req = HSMVAULT__V1__LIST_TOKEN_OBJECTS_REQUEST__INIT;
+    return call_print(c, a, "/hsmvault.v1.Audit/ListTokenObjects", &req.base,
+                      &hsmvault__v1__list_token_objects_response__descriptor);
+}
+
+static int cmd_clock_advance(vc *c, const cli *a)
+{
+    if (!a->have_seconds) return usage_error("%s is required", "--seconds");
+    Hsmvault__V1__AdvanceClockRequest req = HSMVAULT__V1__ADVANCE_CLOCK_REQUEST__INIT;
+    req.seconds = a->seconds;
+    return call_print(c, a, "/hsmvault.v1.Testing/AdvanceClock", &req.base,
+                      &hsmvault__v1__advance_clock_response__descriptor);
+}
+
+static const cmd commands[] = {
+    {"whoami", NULL, cmd_whoami, "", "show your principal and role bindings"},
+    {"tenant", "create", cmd_tenant_create, "--name N --subscription S --admin-contact EMAIL...",
+     "create a tenant (operator)"},
+    {"tenant", "list", cmd_tenant_list, "", "list tenants (operator, auditor)"},
+    {"tenant", "show", cmd_tenant_show, "--tenant T", "show a tenant"},
+    {"tenant", "enable-self-managed", cmd_tenant_enable, "--tenant T",
+     "turn on self-managed keys for a tenant (operator)"},
+    {"role", "bind", cmd_role_bind, "--principal P --role R [--tenant T] [--env E]",
+     "give a principal a role (operator)"},
+    {"role", "unbind", cmd_role_unbind, "--principal P --role R [--tenant T] [--env E]",
+     "take a role away (operator)"},
+    {"role", "list", cmd_role_list, "[--principal P]", "list role bindings (operator, auditor)"},
+    {"env", "create", cmd_env_create, "--tenant T --name N --type production|sandbox",
+     "create an environment on the service key (operator)"},
+    {"env", "list", cmd_env_list, "--tenant T", "list a tenant's environments"},
+    {"env", "show", cmd_env_show, "--env E", "show an environment"},
+    {"env", "apply-key", cmd_env_apply, "--env E",
+     "encrypt an environment with the tenant's active key (environment-admin)"},
+    {"env", "return-key", cmd_env_return, "--env E [--confirm NAME]",
+     "return an environment to the service key; production needs its name (environment-admin)"},
+    {"key", "generate", cmd_key_generate, "--tenant T --name N --out FILE [--password-file F | --password-stdin]",
+     "generate an RSA-2048 tenant key; its PFX is written to FILE (tenant-admin)"},
+    {"key", "upload", cmd_key_upload, "--tenant T --name N --pfx FILE [--password-file F | --password-stdin]",
+     "upload a tenant key from a password-protected PFX (tenant-admin)"},
+    {"key", "list", cmd_key_list, "--tenant T", "list tenant keys with state and fingerprint"},
+    {"key", "activate", cmd_key_activate, "--tenant T --key K", "activate an available key (tenant-admin)"},
+    {"db", "create", cmd_db_create, "--env E --name N",
+     "create a database DEK; prints its id and a SHA-256 check value (storage-node)"},
+    {"db", "unwrap", cmd_db_unwrap, "--env E --db D",
+     "unwrap a database DEK; prints its SHA-256 check value, never the key (storage-node)"},
+    {"db", "list", cmd_db_list, "--env E", "list an environment's databases"},
+    {"audit", "token", cmd_audit_token, "", "list token objects with security attributes (auditor)"},
+    {"clock", "advance", cmd_clock_advance, "--seconds N", "move the vault clock (test builds only; operator)"},
+};
+
+static void command_help(FILE *f, const cmd *c)
+{
+    fprintf(f, "usage: vaultctl %s%s%s [--config PROFILE] [--json] %s\n\n%s.\n", c->group, c->verb ? " " : "",
+            c->verb ? c->verb : "", c->args, c->help);
+    if (strstr(c->args, "password") != NULL)
+        fprintf(f, "\nThe password comes from --password-file FILE (its first line), --password-stdin, or a\n"
+                   "no-echo prompt on the terminal; never from the command line.\n");
+    fprintf(f, "\nThe profile comes from --config or $VAULTCTL_CONFIG.  See `vaultctl --help` for exit codes.\n");
+}
+
+static void help(FILE *f)
+{
+    fprintf(f, "usage: vaultctl [--config PROFILE] [--json] <command> [options]\n\n"
+               "Drives an hsmvault vaultd over mTLS.  The profile (a file with target, server_name, ca,\n"
+               "cert, key) comes from --config or $VAULTCTL_CONFIG; vaultd --dev writes one per role\n"
+               "under <state>/clients/.\n\nCommands:\n");
+    for (size_t i = 0; i < KV_ARRAY_LEN(commands); i++) {
+        char head[64];
+        snprintf(head, sizeof(head), "%s%s%s", commands[i].group, commands[i].verb ? " " : "",
+                 commands[i].verb ? commands[i].verb : "");
+        fprintf(f, "  %-26s %s\n  %-26s   %s\n", head, commands[i].help, "", commands[i].args);
+    }
+    fprintf(f, "\nPasswords: --password-file FILE, --password-stdin, or a no-echo prompt; never on the\n"
+               "command line.  Output: text, or one JSON object with --json.  Key bytes are never printed.\n\n"
+               "Exit codes: 0 ok, 1 other error, 2 usage, 3 invalid argument, 4 not found,\n"
+               "5 permission denied or unauthenticated, 6 failed precondition, 7 vault unavailable or\n"
+               "deadline exceeded, 8 already exists, 9 not implemented.\n");
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_CONFIG = 256, O_JSON, O_NAME, O_TENANT, O_ENV, O_KEY, O_DB, O_PRINCIPAL, O_ROLE, O_TYPE,
+           O_SUB, O_CONTACT, O_OUT, O_PFX, O_PWFILE, O_PWSTDIN, O_CONFIRM, O_SECONDS, O_HELP };
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, O_CONFIG}, {"json", no_argument, NULL, O_JSON},
+        {"name", required_argument, NULL, O_NAME},     {"tenant", required_argument, NULL, O_TENANT},
+        {"env", required_argument, NULL, O_ENV},       {"key", required_argument, NULL, O_KEY},
+        {"db", required_argument, NULL, O_DB},         {"principal", required_argument, NULL, O_PRINCIPAL},
+        {"role", required_argument, NULL, O_ROLE},     {"type", required_argument, NULL, O_TYPE},
+        {"subscription", required_argument, NULL, O_SUB},
+        {"admin-contact", required_argument, NULL, O_CONTACT},
+        {"out", required_argument, NULL, O_OUT},       {"pfx", required_argument, NULL, O_PFX},
+        {"password-file", required_argument, NULL, O_PWFILE},
+        {"password-stdin", no_argument, NULL, O_PWSTDIN},
+        {"confirm", required_argument, NULL, O_CONFIRM}, {"seconds", required_argument, NULL, O_SECONDS},
+        {"help", no_argument, NULL, O_HELP},           {NULL, 0, NULL, 0},
+    };
+    cli a = {0};
+    const char *config = getenv("VAULTCTL_CONFIG");
+    const char *words[2] = {NULL, NULL};
+    size_t n_words = 0;
+    bool want_help = false;
+    int ch;
+    opterr = 0;
+    /* Options may come before or after the command words. */
+    while (optind < argc) {
+        if ((ch = getopt_long(argc, argv, "+", opts, NULL)) == -1) {
+            if (n_words == 2) return usage_error("unexpected argument '%s'", argv[optind]);
+            words[n_words++] = argv[optind++];
+            continue;
+        }
+        switch (ch) {
+        case O_CONFIG: config = optarg; break;
+        case O_JSON: a.json = true; break;
+        case O_NAME: a.name = optarg; break;
+        case O_TENANT: a.tenant = optarg; break;
+        case O_ENV: a.env = optarg; break;
+        case O_KEY: a.key = optarg; break;
+        case O_DB: a.db = optarg; break;
+        case O_PRINCIPAL: a.principal = optarg; break;
+        case O_ROLE: a.role = optarg; break;
+        case O_TYPE: a.type = optarg; break;
+        case O_SUB: a.subscription = optarg; break;
+        case O_CONTACT:
+            if (a.n_contacts == MAX_CONTACTS) return usage_error("at most 32 %s", "--admin-contact");
+            a.contacts[a.n_contacts++] = optarg;
+            break;
+        case O_OUT: a.out = optarg; break;
+        case O_PFX: a.pfx = optarg; break;
+        case O_PWFILE: a.password_file = optarg; break;
+        case O_PWSTDIN: a.password_stdin = true; break;
+        case O_CONFIRM: a.confirm = optarg; break;
+        case O_SECONDS: {
+            char *end = NULL;
+            errno = 0;
+            a.seconds = strtoll(optarg, &end, 10);
+            if (errno != 0 || end == optarg || *end != '\0') return usage_error("--seconds takes a number, not '%s'", optarg);
+            a.have_seconds = true;
+            break;
+        }
+        case O_HELP: want_help = true; break;
+        default:
+            return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
+        }
+    }
+    if (n_words == 0) {
+        help(want_help ? stdout : stderr);
+        return want_help ? EXIT_OK : EXIT_USAGE;
+    }
+    const cmd *found = NULL;
+    for (size_t i = 0; i < KV_ARRAY_LEN(commands) && found == NULL; i++) {
+        if (strcmp(commands[i].group, words[0]) != 0) continue;
+        if (commands[i].verb == NULL ? n_words == 1 : (n_words == 2 && strcmp(commands[i].verb, words[1]) == 0))
+            found = &commands[i];
+    }
+    if (found == NULL) return usage_error("unknown command '%s'", n_words == 2 ? words[1] : words[0]);
+    if (want_help) {
+        command_help(stdout, found);
+        return EXIT_OK;
+    }
+    if (a.password_file != NULL && a.password_stdin)
+        return usage_error("give only one of --password-file and %s", "--password-stdin");
+    if (config == NULL) return usage_error("no profile: give %s or set VAULTCTL_CONFIG", "--config PROFILE");
+    vc_profile p;
+    if (kv_failed(vc_profile_load(config, &p))) return fail();
+    vc *c = NULL;
+    if (kv_failed(vc_open(&p, &c))) return fail();
+    int rc = found->fn(c, &a);
+    vc_close(c);
+    return rc;
+}

@@ -1,0 +1,146 @@
+#!/bin/sh
+# quickstart.sh: the main job on the embedded default.  Installs what is
+# missing, builds, starts `vaultd --dev` (its own SoftHSM token, private CA
+# and LMDB store under state/quickstart), then drives one short scenario with
+# vaultctl, printing every command: a tenant, environments, a storage node's
+# database key, a generated tenant key applied to production, an uploaded
+# key activated with a live re-wrap, the token audit, and a restart that
+# unwraps the same key.  Stops vaultd at the end; state stays for a rerun of
+# `build/vault/vaultd --dev --state-dir state/quickstart`.
+set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+"$ROOT/deploy/install-deps.sh"
+"$ROOT/deploy/build.sh" "$ROOT/build"
+
+VAULTD=$ROOT/build/vault/vaultd
+VAULTCTL=$ROOT/build/client/vaultctl
+STATE=$ROOT/state/quickstart
+WORK=$STATE/work
+PID=""
+
+stop_vaultd() {
+    if [ -n "$PID" ]; then
+        kill -TERM "$PID" 2>/dev/null || true
+        wait "$PID" || true
+        PID=""
+    fi
+}
+trap stop_vaultd EXIT INT TERM
+
+start_vaultd() {
+    rm -f "$STATE/vaultd.addr"
+    "$VAULTD" --dev --state-dir "$STATE" --listen 127.0.0.1:0 >"$STATE.out" 2>"$STATE.log" &
+    PID=$!
+    i=0
+    while [ ! -f "$STATE/vaultd.addr" ]; do
+        if ! kill -0 "$PID" 2>/dev/null; then
+            echo "vaultd failed to start:" >&2
+            cat "$STATE.log" >&2
+            exit 1
+        fi
+        i=$((i + 1))
+        [ $i -lt 600 ] || { echo "vaultd did not start in 60 s" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "== vaultd --dev listening on $(cat "$STATE/vaultd.addr") (pid $PID; log $STATE.log)"
+}
+
+# as ROLE vaultctl-args...: runs vaultctl with a dev principal's profile and
+# echoes the command first.
+as() {
+    role=$1
+    shift
+    echo "\$ vaultctl --config $STATE/clients/$role.conf $*" | sed "s|$ROOT/||g" >&2
+    "$VAULTCTL" --config "$STATE/clients/$role.conf" "$@"
+}
+# field NAME: the value of the first "NAME: value" line of vaultctl's output.
+field() { sed -n "s/^ *$1: //p" | head -n 1; }
+
+echo "== fresh demo state in $STATE"
+rm -rf "$STATE" "$STATE.log" "$STATE.out"
+mkdir -p "$WORK"
+chmod 700 "$STATE" "$WORK"
+start_vaultd
+
+echo
+echo "== 1. The operator creates a tenant, turns on self-managed keys and creates two environments"
+as operator whoami
+TENANT=$(as operator tenant create --name contoso --subscription 3f2a9c1e-0b7d-4e55-9a1f-7c2d8e6b4a10 \
+    --admin-contact secops@contoso.example --admin-contact dba@contoso.example | tee /dev/stderr | field id)
+as operator tenant enable-self-managed --tenant "$TENANT" >/dev/null
+PROD=$(as operator env create --tenant "$TENANT" --name prod-eu --type production | tee /dev/stderr | field id)
+SBX=$(as operator env create --tenant "$TENANT" --name sandbox-1 --type sandbox | field id)
+echo "   tenant $TENANT, production environment $PROD, sandbox $SBX"
+
+echo
+echo "== 2. The operator binds the tenant's admins and the storage node"
+as operator role bind --principal spiffe://hsmvault.dev/tenant-admin --role tenant-admin --tenant "$TENANT" >/dev/null
+as operator role bind --principal spiffe://hsmvault.dev/environment-admin --role environment-admin --tenant "$TENANT" >/dev/null
+as operator role bind --principal spiffe://hsmvault.dev/storage-node --role storage-node --tenant "$TENANT" --env "$PROD" >/dev/null
+as operator role list
+
+echo
+echo "== 3. The storage node creates a database key (wrapped under the tenant's service key)"
+OUT=$(as storage-node db create --env "$PROD" --name orders)
+echo "$OUT"
+DB=$(echo "$OUT" | field database_id)
+CHECK1=$(echo "$OUT" | field dek_sha256)
+
+echo
+echo "== 4. The tenant admin generates a key; the PFX (password from a file) is written 0600"
+umask 077
+printf '%s' "demo-password-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$WORK/pfx-password"
+as tenant-admin key generate --tenant "$TENANT" --name kek-2026 --out "$WORK/kek-2026.pfx" \
+    --password-file "$WORK/pfx-password"
+echo "   openssl reads the PFX; SHA-256 of its public key:"
+openssl pkcs12 -in "$WORK/kek-2026.pfx" -passin "file:$WORK/pfx-password" -nokeys -clcerts 2>/dev/null |
+    openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | sed 's/^/   /'
+
+echo
+echo "== 5. The environment admin applies the tenant key to production (DEKs re-wrapped, no page touched)"
+as environment-admin env apply-key --env "$PROD"
+OUT=$(as storage-node db unwrap --env "$PROD" --db "$DB")
+echo "$OUT"
+CHECK2=$(echo "$OUT" | field dek_sha256)
+
+echo
+echo "== 6. The tenant admin uploads a second key (a legacy PFX made by openssl) and activates it"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/own.key" 2>/dev/null
+openssl req -x509 -new -key "$WORK/own.key" -subj /CN=contoso-own -days 365 -out "$WORK/own.crt"
+openssl pkcs12 -export -legacy -inkey "$WORK/own.key" -in "$WORK/own.crt" \
+    -passout "file:$WORK/pfx-password" -out "$WORK/own.pfx"
+KEY2=$(as tenant-admin key upload --tenant "$TENANT" --name own-2026 --pfx "$WORK/own.pfx" \
+    --password-file "$WORK/pfx-password" | tee /dev/stderr | field id)
+as tenant-admin key activate --tenant "$TENANT" --key "$KEY2" >/dev/null
+as tenant-admin key list --tenant "$TENANT"
+CHECK3=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
+echo "   database key check value after activation: $CHECK3"
+
+echo
+echo "== 7. The auditor lists the token: every private key sensitive and never extractable"
+as auditor audit token
+
+echo
+echo "== 8. Restart vaultd on the same state; the storage node unwraps the same key"
+stop_vaultd
+start_vaultd
+CHECK4=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
+echo "   check value after restart: $CHECK4"
+
+echo
+echo "== 9. A storage node asking for another environment is refused (exit code 5)"
+set +e
+as storage-node db create --env "$SBX" --name reports
+rc=$?
+set -e
+echo "   exit code $rc"
+
+if [ "$CHECK1" = "$CHECK2" ] && [ "$CHECK2" = "$CHECK3" ] && [ "$CHECK3" = "$CHECK4" ] && [ -n "$CHECK1" ] && [ "$rc" = 5 ]; then
+    echo
+    echo "== OK: the database key survived the service key, two tenant keys and a restart ($CHECK1)"
+else
+    echo "== FAILED: check values differ ($CHECK1 $CHECK2 $CHECK3 $CHECK4) or refusal exit code $rc" >&2
+    exit 1
+fi
+stop_vaultd
+echo "== vaultd stopped; run it again with: build/vault/vaultd --dev --state-dir state/quickstart"

@@ -1,0 +1,813 @@
+/*
+ * test_vault.c: the foundation end to end.  A real vaultd --dev (its own
+ * SoftHSM token, private CA, LMDB file) on loopback with mTLS, driven through
+ * libvaultclient as each dev principal: every operation, every bad input of
+ * the foundation issue, restarts (clean and kill -9), token attributes and
+ * start-up reconciliation checked directly against the token.
+ */
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "hsm.h"
+#include "hsmvault/v1/audit.pb-c.h"
+#include "hsmvault/v1/environments.pb-c.h"
+#include "hsmvault/v1/key_access.pb-c.h"
+#include "hsmvault/v1/keys.pb-c.h"
+#include "hsmvault/v1/tenants.pb-c.h"
+#include "kv_base64.h"
+#include "kv_file.h"
+#include "kv_pb.h"
+#include "kv_secret.h"
+#include "kv_test.h"
+#include "rpc_client.h"
+#include "vaultclient.h"
+#include "vaultd_proc.h"
+
+#define URI(role) "spiffe://hsmvault.dev/" role
+#define PASSWORD "correct horse battery staple"
+
+static char tmp[256], state[300];
+static vaultd_proc vd;
+static vc *op, *ta, *ea, *sn, *au;
+
+/* Ids made along the way. */
+static char tenant[64], tenant2[64], tenant3[64], env_prod[64], env_sbx[64], env_t2[64];
+static char db_prod[64], db_sbx[64], key_gen[64], key_up[64], key_t2[64], svc_fpr[80];
+static uint8_t dek_prod[32], dek_sbx[32];
+
+/* ---- small call helpers ------------------------------------------------ */
+
+#define M(svc, name) "/hsmvault.v1." svc "/" name
+#define CALL(c, method, req, type, out)                                                            \
+    vc_call((c), (method), &(req).base, &hsmvault__v1__##type##__descriptor,                       \
+            (ProtobufCMessage **)(out))
+
+static kv_result create_tenant(vc *c, const char *name, const char *sub, char *id_out)
+{
+    char *contacts[] = {"secops@example.com", "dba@example.com"};
+    Hsmvault__V1__CreateTenantRequest req = HSMVAULT__V1__CREATE_TENANT_REQUEST__INIT;
+    req.name = (char *)name;
+    req.subscription_id = (char *)sub;
+    req.n_admin_contacts = 2;
+    req.admin_contacts = contacts;
+    Hsmvault__V1__Tenant *t = NULL;
+    kv_result r = CALL(c, M("Tenants", "CreateTenant"), req, tenant, &t);
+    if (kv_ok(r) && id_out) snprintf(id_out, 64, "%s", t->id);
+    if (kv_ok(r) && c == op && id_out == tenant) snprintf(svc_fpr, sizeof(svc_fpr), "%s", t->service_key_fingerprint);
+    kv_pb_free(&t->base);
+    return r;
+}
+
+static kv_result bind(vc *c, const char *principal, Hsmvault__V1__Role role, const char *t,
+                      const char *e)
+{
+    Hsmvault__V1__RoleBinding b = HSMVAULT__V1__ROLE_BINDING__INIT;
+    b.principal = (char *)principal;
+    b.role = role;
+    b.tenant_id = (char *)(t ? t : "");
+    b.environment_id = (char *)(e ? e : "");
+    Hsmvault__V1__BindRoleRequest req = HSMVAULT__V1__BIND_ROLE_REQUEST__INIT;
+    req.binding = &b;
+    Hsmvault__V1__RoleBinding *out = NULL;
+    kv_result r = CALL(c, M("Tenants", "BindRole"), req, role_binding, &out);
+    kv_pb_free(out ? &out->base : NULL);
+    return r;
+}
+
+static kv_result create_env(vc *c, const char *t, const char *name, Hsmvault__V1__EnvironmentType ty,
+                            char *id_out)
+{
+    Hsmvault__V1__CreateEnvironmentRequest req = HSMVAULT__V1__CREATE_ENVIRONMENT_REQUEST__INIT;
+    req.tenant_id = (char *)t;
+    req.name = (char *)name;
+    req.type = ty;
+    Hsmvault__V1__Environment *e = NULL;
+    kv_result r = CALL(c, M("Environments", "CreateEnvironment"), req, environment, &e);
+    if (kv_ok(r)) {
+        CHECK(e->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_SERVICE_MANAGED);
+        CHECK(e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ACTIVE);
+        if (id_out) snprintf(id_out, 64, "%s", e->id);
+    }
+    kv_pb_free(e ? &e->base : NULL);
+    return r;
+}
+
+static Hsmvault__V1__Environment *get_env(const char *id)
+{
+    Hsmvault__V1__GetEnvironmentRequest req = HSMVAULT__V1__GET_ENVIRONMENT_REQUEST__INIT;
+    req.environment_id = (char *)id;
+    Hsmvault__V1__Environment *e = NULL;
+    CHECK_OK(CALL(op, M("Environments", "GetEnvironment"), req, environment, &e));
+    return e;
+}
+
+static Hsmvault__V1__ListKeysResponse *list_keys(vc *c, const char *t)
+{
+    Hsmvault__V1__ListKeysRequest req = HSMVAULT__V1__LIST_KEYS_REQUEST__INIT;
+    req.tenant_id = (char *)t;
+    Hsmvault__V1__ListKeysResponse *l = NULL;
+    CHECK_OK(CALL(c, M("TenantKeys", "ListKeys"), req, list_keys_response, &l));
+    return l;
+}
+
+static size_t key_count(const char *t)
+{
+    Hsmvault__V1__ListKeysResponse *l = list_keys(ta, t);
+    size_t n = l ? l->n_keys : 0;
+    kv_pb_free(l ? &l->base : NULL);
+    return n;
+}
+
+static Hsmvault__V1__KeyState key_state(const char *t, const char *key_id)
+{
+    Hsmvault__V1__KeyState s = HSMVAULT__V1__KEY_STATE__KEY_STATE_UNSPECIFIED;
+    Hsmvault__V1__ListKeysResponse *l = list_keys(ta, t);
+    for (size_t i = 0; l && i < l->n_keys; i++)
+        if (strcmp(l->keys[i]->id, key_id) == 0) s = l->keys[i]->state;
+    kv_pb_free(l ? &l->base : NULL);
+    return s;
+}
+
+static size_t token_object_count(void)
+{
+    Hsmvault__V1__ListTokenObjectsRequest req = HSMVAULT__V1__LIST_TOKEN_OBJECTS_REQUEST__INIT;
+    Hsmvault__V1__ListTokenObjectsResponse *l = NULL;
+    CHECK_OK(CALL(au, M("Audit", "ListTokenObjects"), req, list_token_objects_response, &l));
+    size_t n = l ? l->n_objects : 0;
+    kv_pb_free(l ? &l->base : NULL);
+    return n;
+}
+
+static kv_result upload(const char *t, const char *name, const uint8_t *pfx, size_t pfx_len,
+                        const char *password, char *id_out)
+{
+    Hsmvault__V1__KeyMaterial m;
+    hsmvault__v1__key_material__init(&m);
+    m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
+    m.pfx.data = (uint8_t *)pfx;
+    m.pfx.len = pfx_len;
+    m.password.data = (uint8_t *)password;
+    m.password.len = strlen(password);
+    Hsmvault__V1__UploadKeyRequest req = HSMVAULT__V1__UPLOAD_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)t;
+    req.name = (char *)name;
+    req.material = &m;
+    Hsmvault__V1__TenantKey *k = NULL;
+    kv_result r = CALL(ta, M("TenantKeys", "UploadKey"), req, tenant_key, &k);
+    if (kv_ok(r) && id_out) snprintf(id_out, 64, "%s", k->id);
+    kv_pb_free(k ? &k->base : NULL);
+    return r;
+}
+
+static kv_result upload_file(const char *t, const char *name, const char *file, const char *password,
+                             char *id_out)
+{
+    char path[512];
+    uint8_t *data = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof(path), "%s/%s", tmp, file);
+    if (kv_failed(kv_file_read(path, 1u << 20, &data, &len))) {
+        fprintf(stderr, "fixture %s missing: %s\n", path, kv_error_msg());
+        return kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__, "fixture missing");
+    }
+    kv_result r = upload(t, name, data, len, password, id_out);
+    free(data);
+    return r;
+}
+
+static kv_result activate(vc *c, const char *t, const char *key_id)
+{
+    Hsmvault__V1__ActivateKeyRequest req = HSMVAULT__V1__ACTIVATE_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)t;
+    req.key_id = (char *)key_id;
+    Hsmvault__V1__TenantKey *k = NULL;
+    kv_result r = CALL(c, M("TenantKeys", "ActivateKey"), req, tenant_key, &k);
+    if (kv_ok(r)) CHECK(k->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    kv_pb_free(k ? &k->base : NULL);
+    return r;
+}
+
+static kv_result unwrap_same(vc *c, const char *env, const char *db, const uint8_t expect[32])
+{
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease = 0;
+    kv_result r = vc_database_key_unwrap(c, env, db, &dek, &lease);
+    if (kv_ok(r)) {
+        CHECK(dek.len == 32 && memcmp(dek.data, expect, 32) == 0);
+        CHECK(lease > 0);
+    }
+    kv_secret_free(&dek);
+    return r;
+}
+
+/* Reads the first line of a small file made by a shell fixture. */
+static void read_line(const char *file, char *out, size_t cap)
+{
+    char path[512];
+    uint8_t *data = NULL;
+    size_t len = 0;
+    out[0] = '\0';
+    snprintf(path, sizeof(path), "%s/%s", tmp, file);
+    if (kv_failed(kv_file_read(path, 4096, &data, &len))) return;
+    size_t n = 0;
+    while (n < len && n + 1 < cap && data[n] != '\n') {
+        out[n] = (char)data[n];
+        n++;
+    }
+    out[n] = '\0';
+    free(data);
+}
+
+/* ---- fixtures ------------------------------------------------------------ */
+
+static void make_fixtures(void)
+{
+    /* Password files, then keys and PFX files made by the openssl CLI. */
+    CHECK(kv_test_sh("cd %s && printf '%%s' '" PASSWORD "' > pw && umask 077 && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048.pem 2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048b.pem 2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048c.pem 2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out k1024.pem 2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 -out k4096.pem 2>/dev/null && "
+                     "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out kec.pem 2>/dev/null",
+                     tmp) == 0);
+    const char *keys[] = {"k2048", "k1024", "k4096", "kec"};
+    for (size_t i = 0; i < 4; i++)
+        CHECK(kv_test_sh("cd %s && openssl req -x509 -new -key %s.pem -subj /CN=%s -days 30 -out %s.crt && "
+                         "openssl pkcs12 -export -inkey %s.pem -in %s.crt -passout file:pw -out %s.pfx",
+                         tmp, keys[i], keys[i], keys[i], keys[i], keys[i], keys[i]) == 0);
+    /* A legacy (3DES/RC2) file, and one without a certificate. */
+    CHECK(kv_test_sh("cd %s && openssl req -x509 -new -key k2048b.pem -subj /CN=legacy -days 30 -out k2048b.crt && "
+                     "openssl pkcs12 -export -legacy -inkey k2048b.pem -in k2048b.crt -passout file:pw -out legacy.pfx && "
+                     "openssl pkcs12 -export -nocerts -inkey k2048c.pem -passout file:pw -out nocert.pfx",
+                     tmp) == 0);
+    /* Garbage and a truncated PFX. */
+    CHECK(kv_test_sh("cd %s && head -c 3000 /dev/urandom > garbage.pfx && head -c 700 k2048.pfx > trunc.pfx", tmp) == 0);
+}
+
+/* ---- the scenario ---------------------------------------------------------- */
+
+static void test_start_and_whoami(void)
+{
+    CHECK(vaultd_proc_start(&vd, state));
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    ea = vaultd_proc_client(&vd, "environment-admin");
+    sn = vaultd_proc_client(&vd, "storage-node");
+    au = vaultd_proc_client(&vd, "auditor");
+    CHECK(op && ta && ea && sn && au);
+
+    Hsmvault__V1__WhoAmIRequest req = HSMVAULT__V1__WHO_AM_IREQUEST__INIT;
+    Hsmvault__V1__WhoAmIResponse *w = NULL;
+    CHECK_OK(CALL(op, M("Tenants", "WhoAmI"), req, who_am_iresponse, &w));
+    if (w) {
+        CHECK(strcmp(w->principal, URI("operator")) == 0);
+        CHECK(w->n_bindings == 1 && w->bindings[0]->role == HSMVAULT__V1__ROLE__ROLE_OPERATOR);
+    }
+    kv_pb_free(w ? &w->base : NULL);
+    w = NULL;
+    /* A principal with no binding can still ask who it is. */
+    CHECK_OK(CALL(ta, M("Tenants", "WhoAmI"), req, who_am_iresponse, &w));
+    if (w) CHECK(strcmp(w->principal, URI("tenant-admin")) == 0 && w->n_bindings == 0);
+    kv_pb_free(w ? &w->base : NULL);
+}
+
+static void test_tenants(void)
+{
+    CHECK_OK(create_tenant(op, "contoso", "3f2a9c1e-0b7d-4e55-9a1f-7c2d8e6b4a10", tenant));
+    CHECK(strncmp(tenant, "tnt-", 4) == 0);
+    CHECK(strlen(svc_fpr) == 64);
+    CHECK_OK(create_tenant(op, "fabrikam", "8a1b2c3d-0000-4000-8000-000000000002", tenant2));
+    CHECK_OK(create_tenant(op, "northwind", "8a1b2c3d-0000-4000-8000-000000000003", tenant3));
+
+    /* Bad input, each with a precise code. */
+    CHECK_ERR(create_tenant(op, "", "sub-1", NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(create_tenant(op, "x", "", NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(create_tenant(op, "x", "bad sub/id", NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(create_tenant(ta, "mallory", "sub-2", NULL), KV_ERR_PERMISSION_DENIED);
+    CHECK(strstr(kv_error_msg(), "tenant-admin") != NULL);
+    CHECK_ERR(create_tenant(au, "mallory", "sub-2", NULL), KV_ERR_PERMISSION_DENIED);
+
+    Hsmvault__V1__ListTenantsRequest lreq = HSMVAULT__V1__LIST_TENANTS_REQUEST__INIT;
+    Hsmvault__V1__ListTenantsResponse *l = NULL;
+    CHECK_OK(CALL(op, M("Tenants", "ListTenants"), lreq, list_tenants_response, &l));
+    CHECK(l && l->n_tenants == 3);
+    kv_pb_free(l ? &l->base : NULL);
+
+    Hsmvault__V1__GetTenantRequest g = HSMVAULT__V1__GET_TENANT_REQUEST__INIT;
+    g.tenant_id = "tnt-0000000000000000";
+    Hsmvault__V1__Tenant *t = NULL;
+    CHECK_ERR(CALL(op, M("Tenants", "GetTenant"), g, tenant, &t), KV_ERR_NOT_FOUND);
+    CHECK(strstr(kv_error_msg(), "tnt-0000000000000000") != NULL);
+    g.tenant_id = "../../etc";
+    CHECK_ERR(CALL(op, M("Tenants", "GetTenant"), g, tenant, &t), KV_ERR_INVALID_ARGUMENT);
+
+    /* Role bindings: the tenant admin for tenants 1 and 2 (not 3); the
+     * environment admin for tenant 1; the storage node gets its
+     * environment scope once the environments exist. */
+    CHECK_OK(bind(op, URI("tenant-admin"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, tenant, NULL));
+    CHECK_OK(bind(op, URI("tenant-admin"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, tenant2, NULL));
+    CHECK_OK(bind(op, URI("environment-admin"), HSMVAULT__V1__ROLE__ROLE_ENVIRONMENT_ADMIN, tenant, NULL));
+    CHECK_ERR(bind(op, URI("x"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, "tnt-0000000000000000", NULL),
+              KV_ERR_NOT_FOUND);
+    CHECK_ERR(bind(ta, URI("tenant-admin"), HSMVAULT__V1__ROLE__ROLE_OPERATOR, NULL, NULL),
+              KV_ERR_PERMISSION_DENIED);
+}
+
+static void test_environments_and_service_key_deks(void)
+{
+    CHECK_OK(create_env(op, tenant, "prod-eu", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_PRODUCTION, env_prod));
+    CHECK_OK(create_env(op, tenant, "sandbox-1", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, env_sbx));
+    CHECK_OK(create_env(op, tenant2, "t2-prod", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_PRODUCTION, env_t2));
+    CHECK_ERR(create_env(op, tenant, "no-type", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_UNSPECIFIED, NULL),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(create_env(op, "tnt-0000000000000000", "x", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, NULL),
+              KV_ERR_NOT_FOUND);
+    CHECK_ERR(create_env(ea, tenant, "by-env-admin", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, NULL),
+              KV_ERR_PERMISSION_DENIED);
+
+    /* The storage node is bound to both environments of tenant 1 (one
+     * binding each) and to nothing in tenant 2. */
+    CHECK_OK(bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant, env_prod));
+    CHECK_OK(bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant, env_sbx));
+    CHECK_ERR(bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant2, env_prod),
+              KV_ERR_INVALID_ARGUMENT);
+
+    char id[64];
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease = 0;
+    CHECK_OK(vc_database_key_create(sn, env_prod, "orders", id, sizeof(id), &dek, &lease));
+    CHECK(dek.len == 32 && lease > 0);
+    snprintf(db_prod, sizeof(db_prod), "%s", id);
+    if (dek.len == 32) memcpy(dek_prod, dek.data, 32);
+    kv_secret_free(&dek);
+    CHECK_OK(vc_database_key_create(sn, env_sbx, "orders", id, sizeof(id), &dek, &lease));
+    snprintf(db_sbx, sizeof(db_sbx), "%s", id);
+    if (dek.len == 32) memcpy(dek_sbx, dek.data, 32);
+    kv_secret_free(&dek);
+    CHECK(memcmp(dek_prod, dek_sbx, 32) != 0);
+
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
+    /* Same name twice in one environment; wrong environment; not bound. */
+    CHECK_ERR(vc_database_key_create(sn, env_prod, "orders", id, sizeof(id), &dek, &lease), KV_ERR_ALREADY_EXISTS);
+    CHECK_ERR(unwrap_same(sn, env_sbx, db_prod, dek_prod), KV_ERR_NOT_FOUND);
+    CHECK_ERR(vc_database_key_create(sn, env_t2, "x", id, sizeof(id), &dek, &lease), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(unwrap_same(sn, env_t2, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
+    /* Nobody but a storage node unwraps, the operator included. */
+    CHECK_ERR(unwrap_same(op, env_prod, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(unwrap_same(ta, env_prod, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(unwrap_same(au, env_prod, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
+    kv_secret_free(&dek);
+}
+
+static void test_generate_key(void)
+{
+    Hsmvault__V1__GenerateKeyRequest req = HSMVAULT__V1__GENERATE_KEY_REQUEST__INIT;
+    req.tenant_id = tenant;
+    req.name = "kek-2026";
+    req.password.data = (uint8_t *)PASSWORD;
+    req.password.len = strlen(PASSWORD);
+    Hsmvault__V1__GenerateKeyResponse *g = NULL;
+
+    /* Self-managed keys are off until the operator enables them. */
+    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_FAILED_PRECONDITION);
+    Hsmvault__V1__EnableSelfManagedKeysRequest en = HSMVAULT__V1__ENABLE_SELF_MANAGED_KEYS_REQUEST__INIT;
+    Hsmvault__V1__Tenant *t = NULL;
+    en.tenant_id = tenant;
+    CHECK_ERR(CALL(ta, M("Tenants", "EnableSelfManagedKeys"), en, tenant, &t), KV_ERR_PERMISSION_DENIED);
+    CHECK_OK(CALL(op, M("Tenants", "EnableSelfManagedKeys"), en, tenant, &t));
+    if (t) CHECK(t->self_managed_keys);
+    kv_pb_free(t ? &t->base : NULL);
+    t = NULL;
+    en.tenant_id = tenant2;
+    CHECK_OK(CALL(op, M("Tenants", "EnableSelfManagedKeys"), en, tenant, &t));
+    kv_pb_free(t ? &t->base : NULL);
+
+    /* Weak password, other roles, out of scope. */
+    req.password.len = 3;
+    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_INVALID_ARGUMENT);
+    req.password.len = strlen(PASSWORD);
+    CHECK_ERR(CALL(op, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(ea, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_PERMISSION_DENIED);
+    req.tenant_id = tenant3;
+    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_PERMISSION_DENIED);
+    req.tenant_id = tenant;
+
+    size_t objects_before = token_object_count();
+    CHECK_OK(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g));
+    if (g == NULL || g->key == NULL) return;
+    /* The first key of a tenant activates by itself. */
+    CHECK(g->key->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    CHECK(g->key->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED);
+    CHECK(g->key->bits == 2048);
+    CHECK(strcmp(g->key->created_by, URI("tenant-admin")) == 0);
+    CHECK(token_object_count() == objects_before + 2); /* private + public key */
+    snprintf(key_gen, sizeof(key_gen), "%s", g->key->id);
+
+    /* The PFX opens with the openssl CLI (no -legacy) and holds the public
+     * key whose SHA-256 the vault reports as the fingerprint. */
+    char path[512], fpr[80];
+    snprintf(path, sizeof(path), "%s/generated.pfx", tmp);
+    CHECK_OK(kv_file_write_new(path, g->pfx.data, g->pfx.len, 0600));
+    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -nokeys -clcerts 2>/dev/null | "
+                     "openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum > gen.fpr",
+                     tmp) == 0);
+    read_line("gen.fpr", fpr, sizeof(fpr));
+    CHECK(strncmp(fpr, g->key->fingerprint, 64) == 0);
+    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -info -noout > gen.info 2>&1 && "
+                     "grep -q 'PBES2, PBKDF2, AES-256-CBC, Iteration [0-9]*, PRF hmacWithSHA256' gen.info && "
+                     "grep -q 'MAC: sha256' gen.info",
+                     tmp) == 0);
+    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -nokeys -clcerts 2>/dev/null | "
+                     "openssl x509 -noout -text | grep -q 'Signature Algorithm: sha256WithRSAEncryption'",
+                     tmp) == 0);
+    /* The wrong password does not open it. */
+    CHECK(kv_test_sh("cd %s && printf wrong > badpw && ! openssl pkcs12 -in generated.pfx -passin file:badpw "
+                     "-nokeys >/dev/null 2>&1",
+                     tmp) == 0);
+    kv_pb_free(&g->base);
+
+    Hsmvault__V1__GetTenantRequest gt = HSMVAULT__V1__GET_TENANT_REQUEST__INIT;
+    gt.tenant_id = tenant;
+    t = NULL;
+    CHECK_OK(CALL(ta, M("Tenants", "GetTenant"), gt, tenant, &t));
+    if (t) CHECK(strcmp(t->active_key_id, key_gen) == 0);
+    kv_pb_free(t ? &t->base : NULL);
+}
+
+static void test_upload_key(void)
+{
+    size_t keys_before = key_count(tenant);
+    size_t objects_before = token_object_count();
+
+    /* Every bad PFX: precise code, nothing changes (records or token). */
+    CHECK_ERR(upload_file(tenant, "wrong-pw", "k2048.pfx", "not the password", NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "password") != NULL);
+    CHECK_ERR(upload_file(tenant, "rsa1024", "k1024.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "1024") != NULL);
+    CHECK_ERR(upload_file(tenant, "rsa4096", "k4096.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "4096") != NULL);
+    CHECK_ERR(upload_file(tenant, "ec", "kec.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "EC") != NULL);
+    CHECK_ERR(upload_file(tenant, "garbage", "garbage.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(upload_file(tenant, "trunc", "trunc.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(upload(tenant, "empty", (const uint8_t *)"", 0, PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(upload_file(tenant3, "scope", "k2048.pfx", PASSWORD, NULL), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(upload_file("tnt-0000000000000000", "nf", "k2048.pfx", PASSWORD, NULL), KV_ERR_NOT_FOUND);
+    /* A request larger than the server's message limit (4 MiB). */
+    size_t big = 5u << 20;
+    uint8_t *huge = calloc(1, big);
+    CHECK_ERR(upload(tenant, "huge", huge, big, PASSWORD, NULL), KV_ERR_RESOURCE_EXHAUSTED);
+    free(huge);
+    CHECK(key_count(tenant) == keys_before);
+    CHECK(token_object_count() == objects_before);
+
+    /* Good files: modern, legacy, no certificate.  Later keys wait in
+     * available; the same key twice is refused. */
+    CHECK_OK(upload_file(tenant, "modern", "k2048.pfx", PASSWORD, key_up));
+    CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
+    char legacy[64], nocert[64];
+    CHECK_OK(upload_file(tenant, "legacy", "legacy.pfx", PASSWORD, legacy));
+    CHECK_OK(upload_file(tenant, "nocert", "nocert.pfx", PASSWORD, nocert));
+    CHECK(key_state(tenant, legacy) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
+    CHECK_ERR(upload_file(tenant, "again", "k2048.pfx", PASSWORD, NULL), KV_ERR_ALREADY_EXISTS);
+    CHECK(key_count(tenant) == keys_before + 3);
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+
+    /* The fingerprint matches the file's public key. */
+    char fpr[80];
+    CHECK(kv_test_sh("cd %s && openssl pkey -in k2048.pem -pubout -outform DER | sha256sum > up.fpr", tmp) == 0);
+    read_line("up.fpr", fpr, sizeof(fpr));
+    Hsmvault__V1__ListKeysResponse *l = list_keys(au, tenant);
+    for (size_t i = 0; l && i < l->n_keys; i++)
+        if (strcmp(l->keys[i]->id, key_up) == 0) CHECK(strncmp(fpr, l->keys[i]->fingerprint, 64) == 0);
+    kv_pb_free(l ? &l->base : NULL);
+
+    /* Tenant 2's own key (tenant 2's first key: active). */
+    CHECK_OK(upload_file(tenant2, "t2", "legacy.pfx", PASSWORD, key_t2));
+    CHECK(key_state(tenant2, key_t2) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+}
+
+static void test_apply_activate_return(void)
+{
+    Hsmvault__V1__ApplyKeyRequest ap = HSMVAULT__V1__APPLY_KEY_REQUEST__INIT;
+    Hsmvault__V1__Environment *e = NULL;
+    ap.environment_id = env_prod;
+    CHECK_ERR(CALL(ta, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(op, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_PERMISSION_DENIED);
+    ap.environment_id = env_t2; /* the environment admin is scoped to tenant 1 */
+    CHECK_ERR(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_PERMISSION_DENIED);
+    ap.environment_id = "env-0000000000000000";
+    CHECK_ERR(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_NOT_FOUND);
+    ap.environment_id = env_prod;
+    CHECK_OK(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e));
+    if (e) {
+        CHECK(e->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED);
+        CHECK(strcmp(e->key_id, key_gen) == 0);
+    }
+    kv_pb_free(e ? &e->base : NULL);
+    e = NULL;
+    /* Re-wrapped under the tenant key: the same DEK bytes come back. */
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
+
+    /* Activation: another tenant's key, a deleted-looking id, wrong role. */
+    CHECK_ERR(activate(ta, tenant, key_t2), KV_ERR_NOT_FOUND);
+    CHECK_ERR(activate(ta, tenant2, key_up), KV_ERR_NOT_FOUND);
+    CHECK_ERR(activate(ea, tenant, key_up), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(activate(ta, tenant, key_gen), KV_ERR_FAILED_PRECONDITION); /* already active */
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+
+    CHECK_OK(activate(ta, tenant, key_up));
+    CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
+    Hsmvault__V1__Environment *pe = get_env(env_prod);
+    if (pe) CHECK(strcmp(pe->key_id, key_up) == 0);
+    kv_pb_free(pe ? &pe->base : NULL);
+    /* Only one active key per tenant. */
+    Hsmvault__V1__ListKeysResponse *l = list_keys(ta, tenant);
+    size_t active = 0;
+    for (size_t i = 0; l && i < l->n_keys; i++)
+        active += l->keys[i]->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE;
+    CHECK(active == 1);
+    kv_pb_free(l ? &l->base : NULL);
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+
+    /* A new database in a customer-managed environment. */
+    char id[64];
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease;
+    CHECK_OK(vc_database_key_create(sn, env_prod, "inventory", id, sizeof(id), &dek, &lease));
+    uint8_t inv[32] = {0};
+    if (dek.len == 32) memcpy(inv, dek.data, 32);
+    kv_secret_free(&dek);
+    CHECK_OK(unwrap_same(sn, env_prod, id, inv));
+
+    /* Return to the service key: production needs its name typed back. */
+    Hsmvault__V1__ReturnToServiceKeyRequest rt = HSMVAULT__V1__RETURN_TO_SERVICE_KEY_REQUEST__INIT;
+    rt.environment_id = env_prod;
+    CHECK_ERR(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e), KV_ERR_FAILED_PRECONDITION);
+    rt.confirmation_name = "prod-us";
+    CHECK_ERR(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e), KV_ERR_FAILED_PRECONDITION);
+    pe = get_env(env_prod);
+    if (pe) CHECK(pe->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED);
+    kv_pb_free(pe ? &pe->base : NULL);
+    rt.confirmation_name = "prod-eu";
+    CHECK_OK(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e));
+    if (e) CHECK(e->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_SERVICE_MANAGED);
+    kv_pb_free(e ? &e->base : NULL);
+    e = NULL;
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    CHECK_OK(unwrap_same(sn, env_prod, id, inv));
+    /* And back to the tenant key for the rest of the test. */
+    CHECK_OK(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e));
+    kv_pb_free(e ? &e->base : NULL);
+    e = NULL;
+    /* A sandbox returns without confirmation. */
+    ap.environment_id = env_sbx;
+    CHECK_OK(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e));
+    kv_pb_free(e ? &e->base : NULL);
+    e = NULL;
+    rt.environment_id = env_sbx;
+    rt.confirmation_name = "";
+    CHECK_OK(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e));
+    kv_pb_free(e ? &e->base : NULL);
+    CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
+}
+
+/* Loads a profile for a role and swaps in other TLS files. */
+static kv_result call_with(const char *cert, const char *key, const char *ca)
+{
+    char path[512];
+    vc_profile p;
+    snprintf(path, sizeof(path), "%s/clients/operator.conf", state);
+    KV_GUARD(vc_profile_load(path, &p));
+    if (cert) snprintf(p.cert, sizeof(p.cert), "%s", cert);
+    if (key) snprintf(p.key, sizeof(p.key), "%s", key);
+    if (ca) snprintf(p.ca, sizeof(p.ca), "%s", ca);
+    p.timeout_ms = 5000;
+    vc *c = NULL;
+    KV_GUARD(vc_open(&p, &c));
+    Hsmvault__V1__WhoAmIRequest req = HSMVAULT__V1__WHO_AM_IREQUEST__INIT;
+    Hsmvault__V1__WhoAmIResponse *w = NULL;
+    kv_result r = CALL(c, M("Tenants", "WhoAmI"), req, who_am_iresponse, &w);
+    kv_pb_free(w ? &w->base : NULL);
+    vc_close(c);
+    return r;
+}
+
+static void test_handshake(void)
+{
+    /* A client certificate from another CA is refused at the handshake. */
+    CHECK(kv_test_sh("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue-ca.key "
+                     "-out rogue-ca.pem -subj /CN=rogue-ca -days 2 2>/dev/null && "
+                     "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key -out rogue.csr "
+                     "-subj /CN=rogue 2>/dev/null && printf 'subjectAltName=URI:spiffe://hsmvault.dev/operator\\n' > rogue.ext && "
+                     "openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial "
+                     "-extfile rogue.ext -days 2 -out rogue.pem 2>/dev/null",
+                     tmp) == 0);
+    char cert[512], key[512], ca[512], path[512];
+    snprintf(cert, sizeof(cert), "%s/rogue.pem", tmp);
+    snprintf(key, sizeof(key), "%s/rogue.key", tmp);
+    CHECK_ERR(call_with(cert, key, NULL), KV_ERR_UNAVAILABLE);
+    /* A client trusting another CA refuses the server. */
+    snprintf(ca, sizeof(ca), "%s/rogue-ca.pem", tmp);
+    CHECK_ERR(call_with(NULL, NULL, ca), KV_ERR_UNAVAILABLE);
+    /* The genuine profile still works. */
+    CHECK_OK(call_with(NULL, NULL, NULL));
+
+    /* No client certificate at all. */
+    vc_profile p;
+    snprintf(path, sizeof(path), "%s/clients/operator.conf", state);
+    CHECK_OK(vc_profile_load(path, &p));
+    rpc_client_config rc = {.target = p.target, .ca_file = p.ca, .cert_file = NULL, .key_file = NULL,
+                            .server_name = p.server_name[0] ? p.server_name : NULL};
+    rpc_client *c = NULL;
+    CHECK_OK(rpc_client_open(&rc, &c));
+    if (c) {
+        rpc_client_reply rep = {0};
+        CHECK_ERR(rpc_client_call(c, M("Tenants", "WhoAmI"), (const uint8_t *)"", 0, 5000, &rep),
+                  KV_ERR_UNAVAILABLE);
+        rpc_client_close(c);
+    }
+    /* An unknown method answers UNIMPLEMENTED. */
+    Hsmvault__V1__WhoAmIRequest req = HSMVAULT__V1__WHO_AM_IREQUEST__INIT;
+    Hsmvault__V1__WhoAmIResponse *w = NULL;
+    CHECK_ERR(CALL(op, "/hsmvault.v1.Tenants/DropTables", req, who_am_iresponse, &w), KV_ERR_UNIMPLEMENTED);
+    /* Malformed request bytes. */
+    rpc_client_config rc2 = {.target = p.target, .ca_file = p.ca, .cert_file = p.cert, .key_file = p.key,
+                             .server_name = p.server_name[0] ? p.server_name : NULL};
+    CHECK_OK(rpc_client_open(&rc2, &c));
+    if (c) {
+        rpc_client_reply rep = {0};
+        CHECK_ERR(rpc_client_call(c, M("Tenants", "GetTenant"), (const uint8_t *)"\x0a\xff\x01", 3, 5000, &rep),
+                  KV_ERR_INVALID_ARGUMENT);
+        rpc_client_close(c);
+    }
+}
+
+static void check_token_policy(const hsm_object_info *objs, size_t n, size_t *private_keys)
+{
+    *private_keys = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(objs[i].object_class, "private-key") != 0) continue;
+        (*private_keys)++;
+        CHECK(objs[i].sensitive && !objs[i].extractable && objs[i].is_private);
+        CHECK(objs[i].can_decrypt && !objs[i].can_sign && !objs[i].can_wrap);
+        if (!objs[i].sensitive || objs[i].extractable)
+            fprintf(stderr, "policy violation: %s\n", objs[i].label);
+    }
+}
+
+static void test_token_attributes_api(void)
+{
+    Hsmvault__V1__ListTokenObjectsRequest req = HSMVAULT__V1__LIST_TOKEN_OBJECTS_REQUEST__INIT;
+    Hsmvault__V1__ListTokenObjectsResponse *l = NULL;
+    CHECK_ERR(CALL(ta, M("Audit", "ListTokenObjects"), req, list_token_objects_response, &l),
+              KV_ERR_PERMISSION_DENIED);
+    CHECK_OK(CALL(au, M("Audit", "ListTokenObjects"), req, list_token_objects_response, &l));
+    size_t priv = 0, service = 0;
+    for (size_t i = 0; l && i < l->n_objects; i++) {
+        Hsmvault__V1__TokenObject *o = l->objects[i];
+        if (strcmp(o->object_class, "private-key") != 0) continue;
+        priv++;
+        /* Every private key: sensitive, not extractable, private, decrypt
+         * and unwrap only.  Keys generated in the token (service keys) were
+         * never anything else; tenant keys came from a PFX (generated in
+         * software for the admin's download, or uploaded), so PKCS#11
+         * rightly reports them as not always-sensitive. */
+        CHECK(o->sensitive && !o->extractable && o->private_);
+        CHECK(o->can_decrypt && !o->can_sign && !o->can_wrap);
+        CHECK(strcmp(o->vault_role, "unknown") != 0);
+        if (strcmp(o->vault_role, "service-key") == 0) {
+            CHECK(o->never_extractable && o->always_sensitive);
+            service++;
+        }
+    }
+    /* 3 service keys + tenant 1: generated, modern, legacy, nocert + tenant 2: one. */
+    CHECK(priv == 8);
+    CHECK(service == 3);
+    kv_pb_free(l ? &l->base : NULL);
+}
+
+static hsm *open_token_directly(void)
+{
+    char conf[512], pin[512];
+    snprintf(conf, sizeof(conf), "%s/softhsm2.conf", state);
+    snprintf(pin, sizeof(pin), "%s/pin", state);
+    setenv("SOFTHSM2_CONF", conf, 1);
+    hsm_config cfg = {.module_path = getenv("HSMVAULT_SOFTHSM_MODULE"), .token_label = "hsmvault-dev",
+                      .pin_file = pin, .sessions = 1};
+    hsm *h = NULL;
+    CHECK_OK(hsm_open(&cfg, &h));
+    return h;
+}
+
+static void test_restart_and_reconcile(void)
+{
+    /* Clean stop (SIGTERM): exit status 0. */
+    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
+    op = ta = ea = sn = au = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+
+    /* With vaultd down: every private key in the token is sensitive and
+     * never extractable; plant an orphan with the vault's label prefix (as a
+     * crash between token create and commit leaves) and a foreign object. */
+    hsm *h = open_token_directly();
+    hsm_key_id orphan, foreign;
+    uint8_t *spki = NULL;
+    size_t spki_len = 0, n = 0, priv = 0;
+    hsm_object_info *objs = NULL;
+    if (h) {
+        CHECK_OK(hsm_objects_list(h, &objs, &n));
+        check_token_policy(objs, n, &priv);
+        CHECK(priv == 8);
+        free(objs);
+        CHECK_OK(hsm_rsa_generate(h, "hsmvault:tnt-0000000000000000/key-orphan", 2048, &orphan, &spki, &spki_len));
+        free(spki);
+        CHECK_OK(hsm_rsa_generate(h, "someone-else:keep-me", 2048, &foreign, &spki, &spki_len));
+        free(spki);
+        hsm_close(h);
+    }
+
+    CHECK(vaultd_proc_start(&vd, state));
+    sn = vaultd_proc_client(&vd, "storage-node");
+    au = vaultd_proc_client(&vd, "auditor");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    /* Same DEKs after the restart. */
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
+    CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+
+    /* The orphan is gone, the foreign object is untouched. */
+    h = open_token_directly();
+    if (h) {
+        bool exists = true;
+        CHECK_OK(hsm_key_exists(h, &orphan, &exists));
+        CHECK(!exists);
+        CHECK_OK(hsm_key_exists(h, &foreign, &exists));
+        CHECK(exists);
+        CHECK_OK(hsm_key_destroy(h, &foreign));
+        hsm_close(h);
+    }
+
+    /* kill -9 in the middle of life: nothing committed is lost. */
+    char id[64];
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease;
+    CHECK_OK(vc_database_key_create(sn, env_sbx, "after-restart", id, sizeof(id), &dek, &lease));
+    uint8_t saved[32] = {0};
+    if (dek.len == 32) memcpy(saved, dek.data, 32);
+    kv_secret_free(&dek);
+    vc_close(sn), vc_close(au), vc_close(ta);
+    vaultd_proc_kill(&vd);
+    CHECK(vaultd_proc_start(&vd, state));
+    sn = vaultd_proc_client(&vd, "storage-node");
+    CHECK_OK(unwrap_same(sn, env_sbx, id, saved));
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    vc_close(sn);
+    sn = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+
+    /* A state directory in use by a running vaultd is refused by a second. */
+}
+
+static void test_second_instance_refused(void)
+{
+    CHECK(vaultd_proc_start(&vd, state));
+    char bin[512];
+    vaultd_build_path(bin, sizeof(bin), "vault/vaultd");
+    CHECK(kv_test_sh("%s --dev --state-dir %s --listen 127.0.0.1:0 >/dev/null 2>%s/second.err", bin, state, tmp) != 0);
+    CHECK(kv_test_sh("grep -qi 'in use\\|locked\\|another' %s/second.err", tmp) == 0);
+    CHECK(vaultd_proc_stop(&vd) == 0);
+}
+
+int main(void)
+{
+    rpc_client_global_init();
+    kv_test_tmpdir(tmp, sizeof(tmp), "vault");
+    snprintf(state, sizeof(state), "%s/state", tmp);
+    RUN(make_fixtures);
+    RUN(test_start_and_whoami);
+    if (op != NULL) {
+        RUN(test_tenants);
+        RUN(test_environments_and_service_key_deks);
+        RUN(test_generate_key);
+        RUN(test_upload_key);
+        RUN(test_apply_activate_return);
+        RUN(test_handshake);
+        RUN(test_token_attributes_api);
+        RUN(test_restart_and_reconcile);
+        RUN(test_second_instance_refused);
+    }
+    if (vd.pid > 0) vaultd_proc_kill(&vd);
+    int rc = kv_test_finish();
+    if (rc == 0) kv_test_rmtree(tmp);
+    else fprintf(stderr, "state kept in %s\n", tmp);
+    rpc_client_global_shutdown();
+    return rc;
+}

@@ -1,0 +1,142 @@
+#!/bin/sh
+# test_vaultctl.sh: vaultctl against a real vaultd --dev: help everywhere,
+# documented exit codes with one line on stderr, --json output, passwords
+# from files and stdin, the PFX written 0600 and never over an existing file,
+# the PFX opening with openssl and holding the key the vault reports.
+set -u
+BUILD=${HSMVAULT_BUILD_DIR:?}
+VAULTD=$BUILD/vault/vaultd
+VAULTCTL=$BUILD/client/vaultctl
+TMP=$(mktemp -d /tmp/hsmvault-vaultctl.XXXXXX)
+STATE=$TMP/state
+PASS=0
+FAIL=0
+PID=""
+
+cleanup() {
+    [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID"
+    if [ "$FAIL" -eq 0 ]; then rm -rf "$TMP"; else echo "state kept in $TMP" >&2; fi
+}
+trap cleanup EXIT
+
+ok() { PASS=$((PASS + 1)); }
+bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*" >&2; }
+# expect CODE description -- command...: checks the exit code; stdout in
+# $TMP/out, stderr in $TMP/err.
+expect() {
+    want=$1
+    what=$2
+    shift 3
+    "$@" >"$TMP/out" 2>"$TMP/err"
+    got=$?
+    if [ "$got" = "$want" ]; then ok; else bad "$what: exit $got, want $want: $(cat "$TMP/err")"; fi
+    if [ "$want" != 0 ]; then
+        lines=$(wc -l <"$TMP/err")
+        if [ "$lines" = 1 ]; then ok; else bad "$what: $lines lines on stderr, want 1: $(cat "$TMP/err")"; fi
+    fi
+}
+as() { role=$1; shift; "$VAULTCTL" --config "$STATE/clients/$role.conf" "$@"; }
+id_of() { grep -o "$1-[0-9a-f]\{16\}" "$TMP/out" | head -n 1; }
+
+"$VAULTD" --dev --state-dir "$STATE" --listen 127.0.0.1:0 >"$TMP/vaultd.out" 2>"$TMP/vaultd.log" &
+PID=$!
+i=0
+while [ ! -f "$STATE/vaultd.addr" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+[ -f "$STATE/vaultd.addr" ] || { cat "$TMP/vaultd.log" >&2; exit 1; }
+grep -q "VAULTCTL_CONFIG=$STATE/clients/operator.conf" "$TMP/vaultd.out" && ok || bad "vaultd --dev does not say how to point vaultctl at it"
+
+# Help and usage errors.
+expect 0 "help" -- "$VAULTCTL" --help
+grep -q "Exit codes" "$TMP/out" && ok || bad "help lacks exit codes"
+for c in "tenant create" "key generate" "key upload" "env return-key" "db unwrap" "role bind" "audit token"; do
+    # shellcheck disable=SC2086
+    expect 0 "$c --help" -- "$VAULTCTL" $c --help
+    grep -q "usage: vaultctl $c" "$TMP/out" && ok || bad "$c --help: no usage line"
+done
+expect 2 "unknown command" -- "$VAULTCTL" --config "$STATE/clients/operator.conf" frobnicate
+expect 2 "missing option" -- as operator tenant create --name x
+expect 2 "no profile" -- env -u VAULTCTL_CONFIG "$VAULTCTL" whoami
+expect 2 "bad env type" -- as operator env create --tenant tnt-0000000000000000 --name x --type staging
+expect 4 "missing profile file" -- "$VAULTCTL" --config "$TMP/nope.conf" whoami
+
+# The operator sets up a tenant (JSON output).
+expect 0 "whoami --json" -- as operator --json whoami
+grep -q '"principal": *"spiffe://hsmvault.dev/operator"' "$TMP/out" && ok || bad "whoami --json: $(cat "$TMP/out")"
+expect 0 "tenant create" -- as operator --json tenant create --name contoso --subscription sub-1 \
+    --admin-contact a@example.com
+TENANT=$(id_of tnt)
+[ -n "$TENANT" ] && ok || bad "no tenant id in $(cat "$TMP/out")"
+expect 0 "enable" -- as operator tenant enable-self-managed --tenant "$TENANT"
+expect 0 "env create" -- as operator env create --tenant "$TENANT" --name prod --type production
+ENV=$(id_of env)
+expect 0 "bind admin" -- as operator role bind --principal spiffe://hsmvault.dev/tenant-admin --role tenant-admin --tenant "$TENANT"
+expect 0 "bind node" -- as operator role bind --principal spiffe://hsmvault.dev/storage-node --role storage-node --tenant "$TENANT" --env "$ENV"
+expect 0 "bind env admin" -- as operator role bind --principal spiffe://hsmvault.dev/environment-admin --role environment-admin --tenant "$TENANT"
+expect 3 "invalid subscription" -- as operator tenant create --name x --subscription "a b" --admin-contact a@example.com
+expect 4 "unknown tenant" -- as operator tenant show --tenant tnt-0000000000000000
+expect 5 "denied" -- as tenant-admin tenant create --name x --subscription s --admin-contact a@example.com
+grep -q "PERMISSION_DENIED" "$TMP/err" && ok || bad "denied message: $(cat "$TMP/err")"
+
+# Key generation: password from a file with a trailing newline (as openssl
+# reads it), PFX 0600, never overwritten.
+printf 'pfx password 1\n' >"$TMP/pw"
+expect 0 "generate" -- as tenant-admin key generate --tenant "$TENANT" --name k1 --out "$TMP/k1.pfx" --password-file "$TMP/pw"
+KEY1=$(id_of key)
+[ "$(stat -c %a "$TMP/k1.pfx")" = 600 ] && ok || bad "PFX mode $(stat -c %a "$TMP/k1.pfx")"
+sum1=$(sha256sum <"$TMP/k1.pfx")
+expect 8 "generate over existing file" -- as tenant-admin key generate --tenant "$TENANT" --name k2 --out "$TMP/k1.pfx" --password-file "$TMP/pw"
+[ "$(sha256sum <"$TMP/k1.pfx")" = "$sum1" ] && ok || bad "existing PFX was changed"
+expect 0 "key list --json" -- as tenant-admin --json key list --tenant "$TENANT"
+FPR=$(grep -o '"fingerprint": *"[0-9a-f]\{64\}"' "$TMP/out" | grep -o '[0-9a-f]\{64\}' | head -n 1)
+grep -q '"state": *"active"' "$TMP/out" && ok || bad "first key not active: $(cat "$TMP/out")"
+OSSL=$(openssl pkcs12 -in "$TMP/k1.pfx" -passin "file:$TMP/pw" -nokeys -clcerts 2>/dev/null |
+    openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | cut -c1-64)
+[ -n "$FPR" ] && [ "$OSSL" = "$FPR" ] && ok || bad "fingerprint $FPR != openssl $OSSL"
+
+# Upload with the password on stdin; wrong password; duplicate.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$TMP/own.key" 2>/dev/null
+openssl pkcs12 -export -nocerts -inkey "$TMP/own.key" -passout "file:$TMP/pw" -out "$TMP/own.pfx"
+printf 'not it\n' >"$TMP/badpw"
+expect 3 "wrong password" -- as tenant-admin key upload --tenant "$TENANT" --name own --pfx "$TMP/own.pfx" --password-file "$TMP/badpw"
+grep -qi "password" "$TMP/err" && ok || bad "wrong-password message: $(cat "$TMP/err")"
+grep -q "not it" "$TMP/err" && bad "the password was echoed" || ok
+expect 0 "upload stdin" -- sh -c "printf 'pfx password 1' | '$VAULTCTL' --config '$STATE/clients/tenant-admin.conf' key upload --tenant $TENANT --name own --pfx '$TMP/own.pfx' --password-stdin"
+KEY2=$(id_of key)
+grep -q "available" "$TMP/out" && ok || bad "second key not available: $(cat "$TMP/out")"
+expect 8 "duplicate upload" -- as tenant-admin key upload --tenant "$TENANT" --name again --pfx "$TMP/own.pfx" --password-file "$TMP/pw"
+expect 2 "both password sources" -- as tenant-admin key upload --tenant "$TENANT" --name x --pfx "$TMP/own.pfx" --password-file "$TMP/pw" --password-stdin
+expect 3 "no terminal for a prompt" -- sh -c "'$VAULTCTL' --config '$STATE/clients/tenant-admin.conf' key upload --tenant $TENANT --name x --pfx '$TMP/own.pfx' </dev/null"
+expect 4 "unknown PFX file" -- as tenant-admin key upload --tenant "$TENANT" --name x --pfx "$TMP/none.pfx" --password-file "$TMP/pw"
+
+# A database key survives apply, activation and return; the key never prints.
+expect 0 "db create" -- as storage-node db create --env "$ENV" --name orders
+DB=$(id_of db)
+CHK=$(sed -n 's/^ *dek_sha256: //p' "$TMP/out")
+[ ${#CHK} = 64 ] && ok || bad "no check value: $(cat "$TMP/out")"
+grep -qi '^ *dek:' "$TMP/out" && bad "db create printed the key" || ok
+expect 0 "apply" -- as environment-admin env apply-key --env "$ENV"
+grep -q "customer-managed" "$TMP/out" && ok || bad "apply: $(cat "$TMP/out")"
+expect 0 "activate" -- as tenant-admin key activate --tenant "$TENANT" --key "$KEY2"
+expect 0 "unwrap" -- as storage-node --json db unwrap --env "$ENV" --db "$DB"
+grep -q "$CHK" "$TMP/out" && ok || bad "check value changed: $(cat "$TMP/out")"
+grep -q '"dek"' "$TMP/out" && bad "--json printed the key" || ok
+expect 6 "return without confirmation" -- as environment-admin env return-key --env "$ENV"
+expect 0 "return" -- as environment-admin env return-key --env "$ENV" --confirm prod
+expect 0 "unwrap after return" -- as storage-node db unwrap --env "$ENV" --db "$DB"
+grep -q "$CHK" "$TMP/out" && ok || bad "check value changed after return"
+expect 5 "operator cannot unwrap" -- as operator db unwrap --env "$ENV" --db "$DB"
+expect 0 "audit token" -- as auditor audit token
+grep -q "sensitive" "$TMP/out" && ok || bad "audit token output: $(head -5 "$TMP/out")"
+expect 5 "auditor cannot create" -- as auditor tenant create --name x --subscription s --admin-contact a@example.com
+[ -n "$KEY1" ] && ok || bad "no key id"
+
+# vaultd stops cleanly on SIGTERM.
+kill -TERM "$PID"
+wait "$PID"
+rc=$?
+PID=""
+[ "$rc" = 0 ] && ok || bad "vaultd exit status $rc after SIGTERM"
+expect 7 "vaultd down" -- as operator whoami
+
+echo "$PASS passed, $FAIL failed"
+[ "$FAIL" -eq 0 ]

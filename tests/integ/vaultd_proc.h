@@ -1,0 +1,30 @@
+/*
+ * vaultd_proc.h: starts and stops a real vaultd --dev for integration tests
+ * and benchmarks (loopback, port chosen by the kernel, private state dir).
+ */
+#ifndef VAULTD_PROC_H
+#define VAULTD_PROC_H
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "vaultclient.h"
+
+typedef struct {
+    char state_dir[256];
+    pid_t pid;
+} vaultd_proc;
+
+/* Starts vaultd --dev on state_dir (created by the caller or by vaultd) and
+ * waits until it serves (<state>/vaultd.addr exists).  extra_env may be NULL. */
+bool vaultd_proc_start(vaultd_proc *p, const char *state_dir);
+/* SIGTERM and wait; returns vaultd's exit status (0 on clean shutdown). */
+int vaultd_proc_stop(vaultd_proc *p);
+/* SIGKILL and wait. */
+void vaultd_proc_kill(vaultd_proc *p);
+/* Opens a client with the dev profile of a role ("operator", ...). */
+vc *vaultd_proc_client(const vaultd_proc *p, const char *role);
+/* Path of a build artefact (HSMVAULT_BUILD_DIR/rel). */
+void vaultd_build_path(char *out, size_t cap, const char *rel);
+
+#endif

@@ -1,0 +1,439 @@
+/*
+ * ops_keys.c: the TenantKeys service (tenant-admin): generate a key (returned
+ * as a password-protected PFX), upload a PFX, list and activate keys.
+ * Private keys go from the PFX code to the token as PKCS#8 in a kv_secret and
+ * are wiped; the token copy is sensitive and never extractable.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv_base64.h"
+#include "kv_clock.h"
+#include "kv_log.h"
+#include "kv_pb.h"
+#include "pfx.h"
+#include "vault.h"
+
+static bool vault_key_is_live(const KeyRecord *k)
+{
+    return k->source != HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE &&
+           k->state != HSMVAULT__V1__KEY_STATE__KEY_STATE_DELETED;
+}
+
+typedef struct {
+    const uint8_t *fingerprint;
+    const char *dup_id;   /* set when the fingerprint is already a live key */
+    char dup_buf[VAULT_ID_MAX];
+    size_t live;          /* live tenant keys */
+} vault_key_scan;
+
+static kv_result vault_scan_keys(const char *key, ProtobufCMessage **msg, void *arg)
+{
+    (void)key;
+    vault_key_scan *s = arg;
+    const KeyRecord *k = (const KeyRecord *)*msg;
+    if (!vault_key_is_live(k)) return KV_SUCCESS;
+    s->live++;
+    if (s->fingerprint != NULL && k->fingerprint.len == KEY_FINGERPRINT_LEN &&
+        memcmp(k->fingerprint.data, s->fingerprint, KEY_FINGERPRINT_LEN) == 0) {
+        snprintf(s->dup_buf, sizeof(s->dup_buf), "%s", k->id);
+        s->dup_id = s->dup_buf;
+    }
+    return KV_SUCCESS;
+}
+
+/* Checks that the caller may manage keys of the tenant and that the tenant
+ * has self-managed keys; loads the tenant. */
+static kv_result vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char *tenant_id,
+                                       const char *action, TenantRecord **tenant)
+{
+    store_txn *t;
+    KV_GUARD(store_read_begin(v->store, &t));
+    /* role first, so a caller without it learns nothing about tenants */
+    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN), NULL, NULL, action);
+    if (kv_ok(r)) r = vault_get_tenant(t, tenant_id, tenant);
+    if (kv_ok(r)) r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN), tenant_id, NULL, action);
+    store_read_end(t);
+    if (kv_failed(r) && *tenant == NULL) return r;
+    if (kv_ok(r) && !(*tenant)->self_managed_keys) {
+        r = kv_error_set(KV_ERR_FAILED_PRECONDITION, __FILE__, __LINE__,
+                         "self-managed keys are not enabled for tenant %s; an operator must enable "
+                         "them first (vaultctl tenant enable-self-managed)",
+                         tenant_id);
+    }
+    if (kv_failed(r)) {
+        kv_pb_free(&(*tenant)->base);
+        *tenant = NULL;
+    }
+    return r;
+}
+
+typedef struct {
+    KeyRecord *key;
+    const char *tenant_id;
+    bool activated; /* out: first key, activated by itself */
+} vault_add_key_ctx;
+
+static kv_result vault_add_key_commit(store_txn *t, void *arg)
+{
+    vault_add_key_ctx *c = arg;
+    TenantRecord *tr = NULL;
+    KV_GUARD(vault_get_tenant(t, c->tenant_id, &tr));
+    char prefix[VAULT_ID_MAX + 2];
+    snprintf(prefix, sizeof(prefix), "%s/", c->tenant_id);
+    vault_key_scan s = {.fingerprint = c->key->fingerprint.data};
+    kv_result r = store_scan(t, STORE_KEYS, prefix, &hsmvault__store__key_record__descriptor,
+                             vault_scan_keys, &s);
+    if (kv_ok(r) && s.dup_id != NULL)
+        r = kv_error_set(KV_ERR_ALREADY_EXISTS, __FILE__, __LINE__,
+                         "this key is already key %s of tenant %s", s.dup_id, c->tenant_id);
+    /* seed 001: the first key uploaded or generated is activated by itself */
+    c->activated = s.live == 0;
+    c->key->state = c->activated ? HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE
+                                 : HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE;
+    c->key->activated_at = c->activated ? c->key->created_at : 0;
+    char k[2 * VAULT_ID_MAX];
+    vault_key_store_key(c->tenant_id, c->key->id, k, sizeof(k));
+    if (kv_ok(r)) r = store_put(t, STORE_KEYS, k, &c->key->base);
+    if (kv_ok(r) && c->activated) {
+        char *own = tr->active_key_id;
+        tr->active_key_id = c->key->id;
+        tr->last_activation_at = c->key->created_at;
+        tr->last_key_change_at = c->key->created_at;
+        r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
+        tr->active_key_id = own;
+    } else if (kv_ok(r)) {
+        tr->last_key_change_at = c->key->created_at;
+        r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
+    }
+    kv_pb_free(&tr->base);
+    return r;
+}
+
+/* Imports pkcs8 into the token and commits the key record (source, name).
+ * On any failure after the import the token object is destroyed again. */
+static kv_result vault_add_tenant_key(vault *v, const rpc_ctx *ctx, const char *tenant_id,
+                                      const char *name, Hsmvault__V1__KeySource source,
+                                      const kv_secret *pkcs8, const uint8_t *spki, size_t spki_len,
+                                      rpc_reply *reply, const uint8_t *pfx, size_t pfx_len)
+{
+    uint8_t fp[KEY_FINGERPRINT_LEN];
+    KV_GUARD(key_fingerprint(spki, spki_len, fp));
+    char key_id[VAULT_ID_MAX], label[128];
+    vault_new_id("key", key_id);
+    snprintf(label, sizeof(label), VAULT_LABEL_PREFIX "%s/%s", tenant_id, key_id);
+    hsm_key_id hid;
+    uint8_t *tok_spki = NULL;
+    size_t tok_spki_len = 0;
+    kv_result r = KV_SUCCESS;
+
+    pthread_mutex_lock(&v->lifecycle);
+    KV_GUARD_GOTO(hsm_rsa_import_pkcs8(v->hsm, label, pkcs8, &hid, &tok_spki, &tok_spki_len), r, out);
+    if (tok_spki_len != spki_len || memcmp(tok_spki, spki, spki_len) != 0) {
+        r = kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__,
+                         "the token holds a different public key than the one imported");
+        goto destroy;
+    }
+    KeyRecord key = HSMVAULT__STORE__KEY_RECORD__INIT;
+    key.id = key_id;
+    key.tenant_id = (char *)(uintptr_t)tenant_id;
+    key.name = (char *)(uintptr_t)name;
+    key.source = source;
+    key.hsm_id = (ProtobufCBinaryData){HSM_KEY_ID_LEN, hid.bytes};
+    key.spki_der = (ProtobufCBinaryData){spki_len, (uint8_t *)(uintptr_t)spki};
+    key.fingerprint = (ProtobufCBinaryData){sizeof(fp), fp};
+    key.created_at = kv_clock_now();
+    key.created_by = (char *)(uintptr_t)ctx->principal;
+    key.bits = 2048;
+    vault_add_key_ctx c = {.key = &key, .tenant_id = tenant_id};
+    KV_GUARD_GOTO(store_update(v->store, vault_add_key_commit, &c), r, destroy);
+    char fp_hex[65];
+    Hsmvault__V1__TenantKey api;
+    vault_key_to_api(&key, &api, fp_hex);
+    KV_LOG_INFO("tenant %s: key %s (%s, fingerprint %s) added by %s%s", tenant_id, key_id,
+                source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED ? "generated" : "uploaded",
+                fp_hex, ctx->principal, c.activated ? "; activated as the tenant's first key" : "");
+    if (pfx != NULL) {
+        Hsmvault__V1__GenerateKeyResponse resp = HSMVAULT__V1__GENERATE_KEY_RESPONSE__INIT;
+        resp.key = &api;
+        resp.pfx = (ProtobufCBinaryData){pfx_len, (uint8_t *)(uintptr_t)pfx};
+        r = vault_reply(reply, &resp.base, true);
+    } else {
+        r = vault_reply(reply, &api.base, false);
+    }
+    goto out;
+destroy: {
+    kv_error_record saved;
+    kv_error_save(&saved);
+    if (kv_failed(hsm_key_destroy(v->hsm, &hid))) kv_log_error_record(KV_LOG_WARN, "removing the new key");
+    kv_error_restore(&saved);
+}
+out:
+    pthread_mutex_unlock(&v->lifecycle);
+    free(tok_spki);
+    return r;
+}
+
+static kv_result vault_password(const ProtobufCBinaryData *pw, kv_secret *out)
+{
+    KV_ENSURE(pw->len >= VAULT_PASSWORD_MIN && pw->len <= VAULT_PASSWORD_MAX, KV_ERR_INVALID_ARGUMENT,
+              "the password must be %d to %d bytes long", VAULT_PASSWORD_MIN, VAULT_PASSWORD_MAX);
+    return kv_secret_from(out, pw->data, pw->len);
+}
+
+VAULT_HANDLER(vault_rpc_generate_key, Hsmvault__V1__GenerateKeyRequest,
+              hsmvault__v1__generate_key_request__descriptor)
+static kv_result vault_rpc_generate_key_impl(vault *v, const rpc_ctx *ctx,
+                                             const Hsmvault__V1__GenerateKeyRequest *req,
+                                             rpc_reply *reply)
+{
+    TenantRecord *tr = NULL;
+    KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "generate keys", &tr));
+    kv_secret pw = KV_SECRET_INIT, pkcs8 = KV_SECRET_INIT;
+    uint8_t *pfx = NULL, *spki = NULL;
+    size_t pfx_len = 0, spki_len = 0;
+    kv_result r = vault_check_text("name", req->name, 128);
+    if (kv_ok(r)) r = vault_password(&req->password, &pw);
+    if (kv_ok(r)) {
+        char cn[160];
+        snprintf(cn, sizeof(cn), "hsmvault tenant key %s", req->name);
+        r = pfx_generate(cn, &pw, &pfx, &pfx_len, &pkcs8, &spki, &spki_len);
+    }
+    if (kv_ok(r))
+        r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name,
+                                 HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED, &pkcs8, spki, spki_len,
+                                 reply, pfx, pfx_len);
+    kv_secret_free(&pw);
+    kv_secret_free(&pkcs8);
+    kv_pb_buf_free(pfx, pfx_len);
+    free(spki);
+    kv_pb_free(&tr->base);
+    return r;
+}
+
+VAULT_HANDLER(vault_rpc_upload_key, Hsmvault__V1__UploadKeyRequest,
+              hsmvault__v1__upload_key_request__descriptor)
+static kv_result vault_rpc_upload_key_impl(vault *v, const rpc_ctx *ctx,
+                                           const Hsmvault__V1__UploadKeyRequest *req, rpc_reply *reply)
+{
+    TenantRecord *tr = NULL;
+    KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "upload keys", &tr));
+    kv_secret pw = KV_SECRET_INIT, pkcs8 = KV_SECRET_INIT;
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    kv_result r = vault_check_text("name", req->name, 128);
+    const Hsmvault__V1__KeyMaterial *m = req->material;
+    if (kv_ok(r) && (m == NULL || m->material_case == HSMVAULT__V1__KEY_MATERIAL__MATERIAL__NOT_SET))
+        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
+                         "material is required: a PFX file with its password, or a .byok file");
+    if (kv_ok(r) && m->material_case == HSMVAULT__V1__KEY_MATERIAL__MATERIAL_BYOK)
+        r = kv_error_set(KV_ERR_UNIMPLEMENTED, __FILE__, __LINE__,
+                         "BYOK upload is not available in this vaultd yet; upload a PFX");
+    if (kv_ok(r)) {
+        KV_ENSURE(m->password.len <= VAULT_PASSWORD_MAX, KV_ERR_INVALID_ARGUMENT,
+                  "the password is longer than %d bytes", VAULT_PASSWORD_MAX);
+        r = kv_secret_from(&pw, m->password.data, m->password.len);
+    }
+    if (kv_ok(r)) r = pfx_open(m->pfx.data, m->pfx.len, &pw, &pkcs8, &spki, &spki_len);
+    if (kv_ok(r))
+        r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name, HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_PFX,
+                                 &pkcs8, spki, spki_len, reply, NULL, 0);
+    kv_secret_free(&pw);
+    kv_secret_free(&pkcs8);
+    free(spki);
+    kv_pb_free(&tr->base);
+    return r;
+}
+
+typedef struct {
+    KeyRecord **records;
+    size_t n, cap;
+} vault_key_list;
+
+static kv_result vault_collect_key(const char *key, ProtobufCMessage **msg, void *arg)
+{
+    (void)key;
+    vault_key_list *l = arg;
+    const KeyRecord *k = (const KeyRecord *)*msg;
+    if (k->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE) return KV_SUCCESS;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        KeyRecord **p = realloc(l->records, cap * sizeof(*p));
+        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        l->records = p;
+        l->cap = cap;
+    }
+    l->records[l->n++] = (KeyRecord *)*msg;
+    *msg = NULL;
+    return KV_SUCCESS;
+}
+
+VAULT_HANDLER(vault_rpc_list_keys, Hsmvault__V1__ListKeysRequest, hsmvault__v1__list_keys_request__descriptor)
+static kv_result vault_rpc_list_keys_impl(vault *v, const rpc_ctx *ctx,
+                                          const Hsmvault__V1__ListKeysRequest *req, rpc_reply *reply)
+{
+    store_txn *t;
+    vault_key_list l = {0};
+    TenantRecord *tr = NULL;
+    KV_GUARD(store_read_begin(v->store, &t));
+    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN) | ROLE_BIT(ROLE_AUDITOR),
+                                  NULL, NULL, "list keys");
+    if (kv_ok(r)) r = vault_get_tenant(t, req->tenant_id, &tr);
+    if (kv_ok(r))
+        r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN) | ROLE_BIT(ROLE_AUDITOR),
+                            req->tenant_id, NULL, "list keys");
+    char prefix[VAULT_ID_MAX + 2];
+    snprintf(prefix, sizeof(prefix), "%s/", req->tenant_id);
+    if (kv_ok(r))
+        r = store_scan(t, STORE_KEYS, prefix, &hsmvault__store__key_record__descriptor, vault_collect_key, &l);
+    store_read_end(t);
+    Hsmvault__V1__TenantKey *apis = calloc(l.n ? l.n : 1, sizeof(*apis));
+    Hsmvault__V1__TenantKey **ptrs = calloc(l.n ? l.n : 1, sizeof(*ptrs));
+    char (*fps)[65] = calloc(l.n ? l.n : 1, sizeof(*fps));
+    if (kv_ok(r) && (apis == NULL || ptrs == NULL || fps == NULL))
+        r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
+    if (kv_ok(r)) {
+        for (size_t i = 0; i < l.n; i++) {
+            vault_key_to_api(l.records[i], &apis[i], fps[i]);
+            ptrs[i] = &apis[i];
+        }
+        Hsmvault__V1__ListKeysResponse resp = HSMVAULT__V1__LIST_KEYS_RESPONSE__INIT;
+        resp.n_keys = l.n;
+        resp.keys = ptrs;
+        r = vault_reply(reply, &resp.base, false);
+    }
+    for (size_t i = 0; i < l.n; i++) kv_pb_free(&l.records[i]->base);
+    free(l.records);
+    free(apis);
+    free(ptrs);
+    free(fps);
+    if (tr != NULL) kv_pb_free(&tr->base);
+    return r;
+}
+
+typedef struct {
+    const char *tenant_id;
+    const char *key_id;
+    int64_t now;
+    KeyRecord *result; /* out: the activated key as committed */
+} vault_activate_ctx;
+
+static kv_result vault_activate_commit(store_txn *t, void *arg)
+{
+    vault_activate_ctx *c = arg;
+    TenantRecord *tr = NULL;
+    KeyRecord *nk = NULL, *old = NULL;
+    char k[2 * VAULT_ID_MAX];
+    kv_result r = KV_SUCCESS;
+    KV_GUARD(vault_get_tenant(t, c->tenant_id, &tr));
+    KV_GUARD_GOTO(vault_get_key(t, c->tenant_id, c->key_id, &nk), r, out);
+    KV_ENSURE_GOTO(nk->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE, r, out,
+                   KV_ERR_FAILED_PRECONDITION, "key %s changed state during activation", c->key_id);
+    if (tr->active_key_id[0] != '\0') {
+        KV_GUARD_GOTO(vault_get_key(t, c->tenant_id, tr->active_key_id, &old), r, out);
+        old->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE;
+        vault_key_store_key(c->tenant_id, old->id, k, sizeof(k));
+        KV_GUARD_GOTO(store_put(t, STORE_KEYS, k, &old->base), r, out);
+    }
+    nk->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE;
+    nk->activated_at = c->now;
+    vault_key_store_key(c->tenant_id, nk->id, k, sizeof(k));
+    KV_GUARD_GOTO(store_put(t, STORE_KEYS, k, &nk->base), r, out);
+    char *own = tr->active_key_id;
+    tr->active_key_id = nk->id;
+    tr->last_activation_at = c->now;
+    tr->last_key_change_at = c->now;
+    r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
+    tr->active_key_id = own;
+    if (kv_ok(r)) {
+        if (c->result != NULL) kv_pb_free(&c->result->base);
+        c->result = nk;
+        nk = NULL;
+    }
+out:
+    kv_pb_free(&tr->base);
+    if (nk != NULL) kv_pb_free(&nk->base);
+    if (old != NULL) kv_pb_free(&old->base);
+    return r;
+}
+
+typedef struct {
+    char (*ids)[VAULT_ID_MAX];
+    size_t n, cap;
+    const char *tenant_id;
+} vault_env_ids;
+
+static kv_result vault_collect_cm_env(const char *key, ProtobufCMessage **msg, void *arg)
+{
+    (void)key;
+    vault_env_ids *l = arg;
+    const EnvironmentRecord *e = (const EnvironmentRecord *)*msg;
+    if (strcmp(e->tenant_id, l->tenant_id) != 0 ||
+        e->encryption != HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED ||
+        e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED)
+        return KV_SUCCESS;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 8;
+        char(*p)[VAULT_ID_MAX] = realloc(l->ids, cap * sizeof(*p));
+        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        l->ids = p;
+        l->cap = cap;
+    }
+    snprintf(l->ids[l->n++], VAULT_ID_MAX, "%s", e->id);
+    return KV_SUCCESS;
+}
+
+VAULT_HANDLER(vault_rpc_activate_key, Hsmvault__V1__ActivateKeyRequest,
+              hsmvault__v1__activate_key_request__descriptor)
+static kv_result vault_rpc_activate_key_impl(vault *v, const rpc_ctx *ctx,
+                                             const Hsmvault__V1__ActivateKeyRequest *req,
+                                             rpc_reply *reply)
+{
+    TenantRecord *tr = NULL;
+    KeyRecord *nk = NULL;
+    vault_env_ids envs = {.tenant_id = req->tenant_id};
+    store_txn *t = NULL;
+    KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "activate keys", &tr));
+    kv_result r = KV_SUCCESS;
+    pthread_mutex_lock(&v->lifecycle);
+    KV_GUARD_GOTO(store_read_begin(v->store, &t), r, out);
+    KV_GUARD_GOTO(vault_get_key(t, req->tenant_id, req->key_id, &nk), r, out);
+    if (nk->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE ||
+        nk->state != HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE) {
+        static const char *const names[] = {"unspecified", "available", "installing", "active", "locked", "deleted"};
+        const char *state = (unsigned)nk->state < KV_ARRAY_LEN(names) ? names[nk->state] : "unknown";
+        KV_BAIL_GOTO(r, out, KV_ERR_FAILED_PRECONDITION,
+                     nk->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE
+                         ? "key %s is the tenant's service key and cannot be activated (state %s)"
+                         : "key %s is %s; only an available key can be activated",
+                     req->key_id, state);
+    }
+    KV_GUARD_GOTO(store_scan(t, STORE_ENVIRONMENTS, "", &hsmvault__store__environment_record__descriptor,
+                             vault_collect_cm_env, &envs),
+                  r, out);
+    store_read_end(t);
+    t = NULL;
+    /* Every customer-managed environment moves to the new key; pages are not
+     * touched, only DEK wrappings. */
+    for (size_t i = 0; i < envs.n; i++)
+        KV_GUARD_GOTO(vault_rewrap_environment(v, envs.ids[i], nk,
+                                               HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED),
+                      r, out);
+    vault_activate_ctx c = {.tenant_id = req->tenant_id, .key_id = req->key_id, .now = kv_clock_now()};
+    KV_GUARD_GOTO(store_update(v->store, vault_activate_commit, &c), r, out);
+    KV_LOG_INFO("tenant %s: key %s activated by %s (%zu environments re-wrapped)", req->tenant_id,
+                req->key_id, ctx->principal, envs.n);
+    char fp_hex[65];
+    Hsmvault__V1__TenantKey api;
+    vault_key_to_api(c.result, &api, fp_hex);
+    r = vault_reply(reply, &api.base, false);
+    kv_pb_free(&c.result->base);
+out:
+    store_read_end(t);
+    pthread_mutex_unlock(&v->lifecycle);
+    free(envs.ids);
+    if (nk != NULL) kv_pb_free(&nk->base);
+    kv_pb_free(&tr->base);
+    return r;
+}

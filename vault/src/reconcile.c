@@ -1,0 +1,195 @@
+/*
+ * reconcile.c: keeps the token and the store in agreement.  At start-up
+ * orphan objects (labelled hsmvault:*, named by no key record: left by a
+ * crash between token create and store commit) are destroyed, and keys the
+ * store names but the token lacks are reported.  The Audit service uses the
+ * same matching, read-only, for ListTokenObjects and Reconcile.
+ * Must never destroy an object that a key record names, nor one whose label
+ * is not ours.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kv_base64.h"
+#include "kv_log.h"
+#include "kv_pb.h"
+#include "vault.h"
+
+typedef struct {
+    KeyRecord **keys;
+    size_t n, cap;
+} vault_all_keys;
+
+static kv_result vault_collect_all_keys(const char *key, ProtobufCMessage **msg, void *arg)
+{
+    (void)key;
+    vault_all_keys *l = arg;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        KeyRecord **p = realloc(l->keys, cap * sizeof(*p));
+        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+        l->keys = p;
+        l->cap = cap;
+    }
+    l->keys[l->n++] = (KeyRecord *)*msg;
+    *msg = NULL;
+    return KV_SUCCESS;
+}
+
+static void vault_all_keys_free(vault_all_keys *l)
+{
+    for (size_t i = 0; i < l->n; i++) kv_pb_free(&l->keys[i]->base);
+    free(l->keys);
+}
+
+static const KeyRecord *vault_key_by_hsm_id(const vault_all_keys *l, const uint8_t *id, size_t id_len)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (l->keys[i]->hsm_id.len == id_len && memcmp(l->keys[i]->hsm_id.data, id, id_len) == 0)
+            return l->keys[i];
+    return NULL;
+}
+
+static bool vault_key_expected_in_token(const KeyRecord *k)
+{
+    return k->state != HSMVAULT__V1__KEY_STATE__KEY_STATE_DELETED &&
+           k->state != HSMVAULT__V1__KEY_STATE__KEY_STATE_LOCKED;
+}
+
+/* Loads every key record and every token object. */
+static kv_result vault_inventory(vault *v, vault_all_keys *keys, hsm_object_info **objs, size_t *n_objs)
+{
+    store_txn *t;
+    KV_GUARD(store_read_begin(v->store, &t));
+    kv_result r = store_scan(t, STORE_KEYS, "", &hsmvault__store__key_record__descriptor,
+                             vault_collect_all_keys, keys);
+    store_read_end(t);
+    if (kv_ok(r)) r = hsm_objects_list(v->hsm, objs, n_objs);
+    if (kv_failed(r)) vault_all_keys_free(keys);
+    return r;
+}
+
+kv_result vault_reconcile(vault *v)
+{
+    vault_all_keys keys = {0};
+    hsm_object_info *objs = NULL;
+    size_t n_objs = 0;
+    pthread_mutex_lock(&v->lifecycle);
+    kv_result r = vault_inventory(v, &keys, &objs, &n_objs);
+    if (kv_failed(r)) goto out;
+    unsigned removed = 0, missing = 0;
+    for (size_t i = 0; i < n_objs; i++) {
+        const hsm_object_info *o = &objs[i];
+        if (strncmp(o->label, VAULT_LABEL_PREFIX, strlen(VAULT_LABEL_PREFIX)) != 0) continue;
+        const KeyRecord *k = vault_key_by_hsm_id(&keys, o->id, o->id_len);
+        if (k != NULL && vault_key_expected_in_token(k)) continue;
+        if (o->id_len != HSM_KEY_ID_LEN) continue;
+        hsm_key_id id;
+        memcpy(id.bytes, o->id, HSM_KEY_ID_LEN);
+        char hex[2 * HSM_KEY_ID_LEN + 1];
+        hsm_key_id_hex(&id, hex);
+        KV_GUARD_GOTO(hsm_key_destroy(v->hsm, &id), r, out);
+        removed++;
+        KV_LOG_WARN("reconcile: removed token object '%s' (id %s, %s): %s", o->label, hex, o->object_class,
+                    k == NULL ? "no key record names it (left by an interrupted change)"
+                              : "its key is locked or deleted");
+    }
+    for (size_t i = 0; i < keys.n; i++) {
+        const KeyRecord *k = keys.keys[i];
+        if (!vault_key_expected_in_token(k)) continue;
+        bool found = false;
+        for (size_t j = 0; j < n_objs && !found; j++)
+            found = objs[j].id_len == k->hsm_id.len && memcmp(objs[j].id, k->hsm_id.data, k->hsm_id.len) == 0 &&
+                    strcmp(objs[j].object_class, "private-key") == 0;
+        if (!found) {
+            missing++;
+            KV_LOG_ERROR("reconcile: key %s of tenant %s is missing from the token; DEKs under it cannot "
+                         "be unwrapped until it is restored",
+                         k->id, k->tenant_id);
+        }
+    }
+    v->missing_keys = missing;
+    KV_LOG_INFO("reconcile: %zu key records, %zu token objects, %u orphans removed, %u keys missing", keys.n,
+                n_objs, removed, missing);
+out:
+    pthread_mutex_unlock(&v->lifecycle);
+    free(objs);
+    vault_all_keys_free(&keys);
+    return r;
+}
+
+static const char *vault_key_role(const KeyRecord *k)
+{
+    return k->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE ? "service-key" : "tenant-key";
+}
+
+static const char *vault_state_name(Hsmvault__V1__KeyState s)
+{
+    static const char *const names[] = {"unspecified", "available", "installing", "active", "locked", "deleted"};
+    return (unsigned)s < KV_ARRAY_LEN(names) ? names[s] : "unknown";
+}
+
+VAULT_HANDLER(vault_rpc_list_token_objects, Hsmvault__V1__ListTokenObjectsRequest,
+              hsmvault__v1__list_token_objects_request__descriptor)
+static kv_result vault_rpc_list_token_objects_impl(vault *v, const rpc_ctx *ctx,
+                                                   const Hsmvault__V1__ListTokenObjectsRequest *req,
+                                                   rpc_reply *reply)
+{
+    (void)req;
+    store_txn *t;
+    KV_GUARD(store_read_begin(v->store, &t));
+    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_OPERATOR), NULL,
+                                  NULL, "audit the token");
+    store_read_end(t);
+    KV_GUARD(r);
+    vault_all_keys keys = {0};
+    hsm_object_info *objs = NULL;
+    size_t n = 0;
+    KV_GUARD(vault_inventory(v, &keys, &objs, &n));
+    Hsmvault__V1__TokenObject *items = calloc(n ? n : 1, sizeof(*items));
+    Hsmvault__V1__TokenObject **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
+    char (*hex)[2 * 64 + 1] = calloc(n ? n : 1, sizeof(*hex));
+    if (items == NULL || ptrs == NULL || hex == NULL) {
+        r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const hsm_object_info *o = &objs[i];
+        Hsmvault__V1__TokenObject *it = &items[i];
+        hsmvault__v1__token_object__init(it);
+        kv_hex_encode(o->id, o->id_len, hex[i]);
+        it->label = (char *)(uintptr_t)o->label;
+        it->id_hex = hex[i];
+        it->object_class = (char *)(uintptr_t)o->object_class;
+        it->key_type = (char *)(uintptr_t)o->key_type;
+        it->bits = o->bits;
+        it->sensitive = o->sensitive;
+        it->extractable = o->extractable;
+        it->never_extractable = o->never_extractable;
+        it->always_sensitive = o->always_sensitive;
+        it->private_ = o->is_private;
+        it->can_decrypt = o->can_decrypt;
+        it->can_encrypt = o->can_encrypt;
+        it->can_sign = o->can_sign;
+        it->can_unwrap = o->can_unwrap;
+        it->can_wrap = o->can_wrap;
+        const KeyRecord *k = vault_key_by_hsm_id(&keys, o->id, o->id_len);
+        it->vault_tenant_id = k ? k->tenant_id : (char *)"";
+        it->vault_key_id = k ? k->id : (char *)"";
+        it->vault_role = (char *)(uintptr_t)(k ? vault_key_role(k) : "unknown");
+        it->vault_state = (char *)(uintptr_t)(k ? vault_state_name(k->state) : "");
+        ptrs[i] = it;
+    }
+    Hsmvault__V1__ListTokenObjectsResponse resp = HSMVAULT__V1__LIST_TOKEN_OBJECTS_RESPONSE__INIT;
+    resp.n_objects = n;
+    resp.objects = ptrs;
+    r = vault_reply(reply, &resp.base, false);
+out:
+    free(items);
+    free(ptrs);
+    free(hex);
+    free(objs);
+    vault_all_keys_free(&keys);
+    return r;
+}

@@ -1,0 +1,127 @@
+/*
+ * vault.h: vaultd's core: the token, the store, policy and the RPC handlers.
+ *
+ * Ordering rule for every change that involves the token: token objects are
+ * created before the store commit that names them (a crash leaves at most an
+ * orphan object, removed by vault_reconcile at start-up), and destroyed only
+ * after the commit that stops naming them.
+ */
+#ifndef VAULT_H
+#define VAULT_H
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "hsm.h"
+#include "kv_result.h"
+#include "rpc_server.h"
+#include "store.h"
+
+#include "hsmvault/store/records.pb-c.h"
+#include "hsmvault/v1/audit.pb-c.h"
+#include "hsmvault/v1/environments.pb-c.h"
+#include "hsmvault/v1/key_access.pb-c.h"
+#include "hsmvault/v1/keys.pb-c.h"
+#include "hsmvault/v1/tenants.pb-c.h"
+#include "hsmvault/v1/testing.pb-c.h"
+#include "hsmvault/v1/types.pb-c.h"
+
+typedef Hsmvault__Store__TenantRecord TenantRecord;
+typedef Hsmvault__Store__KeyRecord KeyRecord;
+typedef Hsmvault__Store__EnvironmentRecord EnvironmentRecord;
+typedef Hsmvault__Store__DatabaseRecord DatabaseRecord;
+typedef Hsmvault__Store__PrincipalRecord PrincipalRecord;
+
+#define VAULT_ID_MAX 32
+#define VAULT_LABEL_PREFIX "hsmvault:"
+#define VAULT_DEK_BYTES 32
+#define VAULT_PASSWORD_MIN 8
+#define VAULT_PASSWORD_MAX 1024
+
+typedef struct {
+    hsm *hsm;
+    vault_store *store;
+    unsigned lease_seconds;
+    hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
+    /* Serializes changes that create or destroy token objects or re-wrap
+     * DEKs; unwraps and reads never take it. */
+    pthread_mutex_t lifecycle;
+    unsigned missing_keys; /* found by the last reconcile */
+} vault;
+
+KV_RESULT vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds);
+void vault_fini(vault *v);
+
+/* Start-up reconciliation of token and store: orphan objects (labelled
+ * hsmvault:*, named by no record) are destroyed; keys the store names but the
+ * token lacks are logged and counted. */
+KV_RESULT vault_reconcile(vault *v);
+
+/* Gives principal a role binding (idempotent); used to bootstrap operators. */
+KV_RESULT vault_bind_role(vault *v, const char *principal, Hsmvault__V1__Role role,
+                          const char *tenant_id, const char *environment_id);
+
+/* The method table served by vaultd. */
+const rpc_method *vault_methods(size_t *count);
+
+/* ---- shared by the handler files ---- */
+
+/* New random id "<prefix>-<16 hex>". */
+void vault_new_id(const char *prefix, char out[VAULT_ID_MAX]);
+KV_RESULT vault_check_id(const char *field, const char *value);
+KV_RESULT vault_check_text(const char *field, const char *value, size_t max);
+
+/* Role bitmask for authz. */
+#define ROLE_BIT(r) (1u << (HSMVAULT__V1__ROLE__##r))
+/* Allows the call if principal holds one of roles with a scope covering
+ * tenant_id/environment_id (NULL: any scope, for role-only checks).
+ * PERMISSION_DENIED names the principal, the action and the role needed. */
+KV_RESULT vault_authorize(store_txn *t, const char *principal, unsigned roles,
+                          const char *tenant_id, const char *environment_id, const char *action);
+
+/* Store lookups (free with kv_pb_free). */
+KV_RESULT vault_get_tenant(store_txn *t, const char *tenant_id, TenantRecord **out);
+KV_RESULT vault_get_key(store_txn *t, const char *tenant_id, const char *key_id, KeyRecord **out);
+KV_RESULT vault_get_environment(store_txn *t, const char *env_id, EnvironmentRecord **out);
+KV_RESULT vault_get_database(store_txn *t, const char *env_id, const char *db_id,
+                             DatabaseRecord **out);
+void vault_key_store_key(const char *tenant_id, const char *key_id, char *out, size_t cap);
+void vault_db_store_key(const char *env_id, const char *db_id, char *out, size_t cap);
+
+/* DEK wrapping. */
+KV_RESULT vault_wrap_dek(vault *v, const KeyRecord *kek, const uint8_t *dek, size_t dek_len,
+                         DatabaseRecord *db);
+KV_RESULT vault_unwrap_dek(vault *v, const KeyRecord *kek, const DatabaseRecord *db, kv_secret *dek);
+/* Re-wraps every DEK of an environment under new_kek (token decrypts outside
+ * any transaction, then one commit that also sets the environment's kek_id and
+ * encryption).  Caller holds v->lifecycle. */
+KV_RESULT vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord *new_kek,
+                                   Hsmvault__V1__Encryption encryption);
+
+/* Packs msg into the reply. */
+KV_RESULT vault_reply(rpc_reply *reply, const ProtobufCMessage *msg, bool sensitive);
+
+/* Record -> API conversions; the API message borrows the record's strings. */
+void vault_tenant_to_api(const TenantRecord *r, Hsmvault__V1__Tenant *out);
+void vault_key_to_api(const KeyRecord *r, Hsmvault__V1__TenantKey *out, char fp_hex[65]);
+void vault_env_to_api(const EnvironmentRecord *r, Hsmvault__V1__Environment *out);
+void vault_db_to_api(const DatabaseRecord *r, Hsmvault__V1__Database *out);
+
+/* Defines handler `name` that unpacks a request of type ReqType (protobuf-c
+ * descriptor desc) through the wiping allocator and calls name##_impl. */
+#define VAULT_HANDLER(name, ReqType, desc)                                                         \
+    static kv_result name##_impl(vault *v, const rpc_ctx *ctx, const ReqType *req,                 \
+                                 rpc_reply *reply);                                                \
+    kv_result name(void *app, const rpc_ctx *ctx, const uint8_t *b, size_t n, rpc_reply *reply);   \
+    kv_result name(void *app, const rpc_ctx *ctx, const uint8_t *b, size_t n, rpc_reply *reply)    \
+    {                                                                                              \
+        ProtobufCMessage *m = NULL;                                                                \
+        KV_GUARD(kv_pb_unpack(&(desc), b, n, #name " request", &m));                               \
+        kv_result r = name##_impl((vault *)app, ctx, (const ReqType *)m, reply);                   \
+        kv_pb_free(m);                                                                             \
+        return r;                                                                                  \
+    }
+
+#endif

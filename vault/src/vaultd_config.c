@@ -1,0 +1,82 @@
+/*
+ * vaultd_config.c: vaultd's config file and defaults.
+ */
+#include "vaultd_config.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "kv_config.h"
+
+#ifndef HSMVAULT_SOFTHSM_MODULE
+#define HSMVAULT_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
+#endif
+
+void vaultd_config_defaults(vaultd_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    snprintf(c->module, sizeof(c->module), "%s", HSMVAULT_SOFTHSM_MODULE);
+    snprintf(c->listen, sizeof(c->listen), "127.0.0.1:7443");
+    c->workers = 4;
+    c->sessions = 0; /* = workers */
+    c->lease_seconds = 60;
+    c->max_message = 4u << 20;
+}
+
+static kv_result vaultd_config_set(const char *key, const char *value, void *arg)
+{
+    vaultd_config *c = arg;
+    unsigned long n;
+    if (strcmp(key, "module") == 0) return kv_config_str(key, value, c->module, sizeof(c->module));
+    if (strcmp(key, "token_label") == 0) return kv_config_str(key, value, c->token_label, sizeof(c->token_label));
+    if (strcmp(key, "pin_file") == 0) return kv_config_str(key, value, c->pin_file, sizeof(c->pin_file));
+    if (strcmp(key, "listen") == 0) return kv_config_str(key, value, c->listen, sizeof(c->listen));
+    if (strcmp(key, "tls_ca") == 0) return kv_config_str(key, value, c->tls_ca, sizeof(c->tls_ca));
+    if (strcmp(key, "tls_cert") == 0) return kv_config_str(key, value, c->tls_cert, sizeof(c->tls_cert));
+    if (strcmp(key, "tls_key") == 0) return kv_config_str(key, value, c->tls_key, sizeof(c->tls_key));
+    if (strcmp(key, "state_dir") == 0) return kv_config_str(key, value, c->state_dir, sizeof(c->state_dir));
+    if (strcmp(key, "bootstrap_operator") == 0)
+        return kv_config_str(key, value, c->bootstrap_operator, sizeof(c->bootstrap_operator));
+    if (strcmp(key, "workers") == 0) {
+        KV_GUARD(kv_config_uint(key, value, 1, 64, &n));
+        c->workers = (unsigned)n;
+        return KV_SUCCESS;
+    }
+    if (strcmp(key, "sessions") == 0) {
+        KV_GUARD(kv_config_uint(key, value, 1, 256, &n));
+        c->sessions = (unsigned)n;
+        return KV_SUCCESS;
+    }
+    if (strcmp(key, "lease_seconds") == 0) {
+        KV_GUARD(kv_config_uint(key, value, 1, 3600, &n));
+        c->lease_seconds = (unsigned)n;
+        return KV_SUCCESS;
+    }
+    if (strcmp(key, "max_message") == 0) {
+        KV_GUARD(kv_config_uint(key, value, 4096, 64ul << 20, &n));
+        c->max_message = n;
+        return KV_SUCCESS;
+    }
+    KV_BAIL(KV_ERR_INVALID_ARGUMENT, "unknown setting '%s'", key);
+}
+
+kv_result vaultd_config_load(const char *path, vaultd_config *c)
+{
+    return kv_config_parse(path, vaultd_config_set, c);
+}
+
+kv_result vaultd_config_check(const vaultd_config *c)
+{
+    const struct {
+        const char *name;
+        const char *value;
+    } required[] = {
+        {"module", c->module}, {"token_label", c->token_label}, {"pin_file", c->pin_file},
+        {"listen", c->listen}, {"tls_ca", c->tls_ca},           {"tls_cert", c->tls_cert},
+        {"tls_key", c->tls_key}, {"state_dir", c->state_dir},
+    };
+    for (size_t i = 0; i < KV_ARRAY_LEN(required); i++)
+        KV_ENSURE(required[i].value[0] != '\0', KV_ERR_INVALID_ARGUMENT,
+                  "the setting '%s' is required in the config file", required[i].name);
+    return KV_SUCCESS;
+}

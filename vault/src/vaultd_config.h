@@ -1,0 +1,44 @@
+/*
+ * vaultd_config.h: vaultd's settings, from a config file or made by --dev.
+ */
+#ifndef VAULTD_CONFIG_H
+#define VAULTD_CONFIG_H
+
+#include <limits.h>
+#include <stddef.h>
+
+#include "kv_result.h"
+
+typedef struct {
+    char module[PATH_MAX];      /* PKCS#11 module path */
+    char token_label[33];
+    char pin_file[PATH_MAX];
+    char listen[128];
+    char tls_ca[PATH_MAX];      /* CA for client certificates */
+    char tls_cert[PATH_MAX];
+    char tls_key[PATH_MAX];
+    char state_dir[PATH_MAX];   /* the LMDB store lives in <state_dir>/store */
+    char bootstrap_operator[257]; /* principal given the operator role at start */
+    unsigned workers;
+    unsigned sessions;
+    unsigned lease_seconds;
+    size_t max_message;
+} vaultd_config;
+
+void vaultd_config_defaults(vaultd_config *c);
+KV_RESULT vaultd_config_load(const char *path, vaultd_config *c);
+/* Checks that every required setting is present. */
+KV_RESULT vaultd_config_check(const vaultd_config *c);
+
+/* --dev: creates (or reuses) everything under c->state_dir: a SoftHSM token,
+ * a private CA with server and client certificates, vaultctl profiles. */
+KV_RESULT vaultd_dev_prepare(vaultd_config *c);
+/* Writes <state>/clients/<name>.conf for every dev principal and
+ * <state>/vaultd.addr once the real port is known. */
+KV_RESULT vaultd_dev_publish(const vaultd_config *c, int port);
+
+/* The dev principals: name and SAN URI. */
+#define VAULTD_DEV_URI_PREFIX "spiffe://hsmvault.dev/"
+extern const char *const vaultd_dev_principals[5];
+
+#endif

@@ -1,0 +1,143 @@
+/*
+ * vaultd_main.c: the vault server.  `vaultd --dev` runs on the embedded
+ * default; `vaultd --config FILE` runs from a config file.  Translates
+ * results into exit codes; never prints a secret.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "hsm.h"
+#include "kv_log.h"
+#include "rpc_server.h"
+#include "store.h"
+#include "vault.h"
+#include "vaultd_config.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: vaultd --dev [--state-dir DIR] [--listen ADDR]\n"
+            "       vaultd --config FILE\n"
+            "\n"
+            "Runs the hsmvault key vault: tenant keys in a PKCS#11 token, served over gRPC with mTLS.\n"
+            "\n"
+            "  --dev              embedded default: a SoftHSM token, a private CA, client certificates\n"
+            "                     and vaultctl profiles under the state directory (created on first\n"
+            "                     start, reused after)\n"
+            "  --state-dir DIR    state directory for --dev (default ./hsmvault-dev)\n"
+            "  --listen ADDR      listen address (default 127.0.0.1:7443; port 0 picks a free port)\n"
+            "  --config FILE      production: module, token_label, pin_file, listen, tls_ca,\n"
+            "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
+            "                     sessions, lease_seconds, max_message (see docs/operations.md)\n"
+            "  --workers N        worker threads (default 4)\n"
+            "  --verbose          debug logging\n"
+            "  --help             this text\n"
+            "\n"
+            "Exit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 start-up failure, 2 usage error.\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"dev", no_argument, NULL, 'd'},       {"state-dir", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'}, {"config", required_argument, NULL, 'c'},
+        {"workers", required_argument, NULL, 'w'}, {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0},
+    };
+    vaultd_config cfg;
+    vaultd_config_defaults(&cfg);
+    bool dev = false;
+    const char *config_path = NULL, *listen = NULL, *state_dir = NULL;
+    long workers = 0;
+    int ch;
+    kv_log_set_ident("vaultd");
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'd': dev = true; break;
+        case 's': state_dir = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'c': config_path = optarg; break;
+        case 'w': workers = strtol(optarg, NULL, 10); break;
+        case 'v': kv_log_set_level(KV_LOG_DEBUG); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc || dev == (config_path != NULL)) {
+        fprintf(stderr, "vaultd: give exactly one of --dev or --config FILE (see --help)\n");
+        return 2;
+    }
+    if (workers < 0 || workers > 64) {
+        fprintf(stderr, "vaultd: --workers must be from 1 to 64\n");
+        return 2;
+    }
+    /* Signals are taken by sigwait in this thread only: block them before
+     * gRPC or any other thread starts. */
+    rpc_signals_block();
+
+    hsm *h = NULL;
+    vault_store *store = NULL;
+    rpc_server *server = NULL;
+    vault v;
+    bool vault_ready = false;
+    int rc = 1;
+    if (config_path != NULL && kv_failed(vaultd_config_load(config_path, &cfg))) goto fail;
+    if (state_dir != NULL) snprintf(cfg.state_dir, sizeof(cfg.state_dir), "%s", state_dir);
+    if (listen != NULL) snprintf(cfg.listen, sizeof(cfg.listen), "%s", listen);
+    if (workers > 0) cfg.workers = (unsigned)workers;
+    if (dev && kv_failed(vaultd_dev_prepare(&cfg))) goto fail;
+    if (kv_failed(vaultd_config_check(&cfg))) goto fail;
+
+    hsm_config hc = {.module_path = cfg.module, .token_label = cfg.token_label, .pin_file = cfg.pin_file,
+                     .sessions = cfg.sessions ? cfg.sessions : cfg.workers};
+    if (kv_failed(hsm_open(&hc, &h))) goto fail;
+    char store_dir[PATH_MAX + 8];
+    snprintf(store_dir, sizeof(store_dir), "%s/store", cfg.state_dir);
+    if (kv_failed(store_open(store_dir, &store))) goto fail;
+    if (kv_failed(vault_init(&v, h, store, cfg.lease_seconds))) goto fail;
+    vault_ready = true;
+    if (kv_failed(vault_reconcile(&v))) goto fail;
+    if (cfg.bootstrap_operator[0] != '\0' &&
+        kv_failed(vault_bind_role(&v, cfg.bootstrap_operator, HSMVAULT__V1__ROLE__ROLE_OPERATOR, NULL, NULL)))
+        goto fail;
+    if (dev && kv_failed(vault_bind_role(&v, VAULTD_DEV_URI_PREFIX "auditor", HSMVAULT__V1__ROLE__ROLE_AUDITOR,
+                                         NULL, NULL)))
+        goto fail;
+
+    rpc_global_init();
+    size_t n_methods;
+    const rpc_method *methods = vault_methods(&n_methods);
+    rpc_server_config sc = {.listen_addr = cfg.listen, .ca_file = cfg.tls_ca, .cert_file = cfg.tls_cert,
+                            .key_file = cfg.tls_key, .workers = cfg.workers, .max_message = cfg.max_message};
+    if (kv_failed(rpc_server_start(&sc, methods, n_methods, &v, &server))) goto fail_grpc;
+    int port = rpc_server_port(server);
+    if (dev && kv_failed(vaultd_dev_publish(&cfg, port))) goto fail_grpc;
+    KV_LOG_INFO("listening on %s (port %d) with %u workers, %u token sessions", cfg.listen, port, cfg.workers,
+                hsm_session_count(h));
+    if (dev) {
+        printf("vaultd --dev is running: state in %s, listening on port %d\n"
+               "Point vaultctl at it with a profile, e.g.:\n"
+               "  export VAULTCTL_CONFIG=%s/clients/operator.conf\n"
+               "  vaultctl whoami\n"
+               "Profiles for tenant-admin, environment-admin, storage-node and auditor are beside it.\n",
+               cfg.state_dir, port, cfg.state_dir);
+        fflush(stdout);
+    }
+    int sig = rpc_wait_signal();
+    KV_LOG_INFO("signal %d: shutting down", sig);
+    rpc_server_stop(server);
+    server = NULL;
+    rc = 0;
+fail_grpc:
+    if (server != NULL) rpc_server_stop(server);
+    rpc_global_shutdown();
+fail:
+    if (rc != 0) kv_log_error_record(KV_LOG_ERROR, "vaultd cannot start");
+    if (vault_ready) vault_fini(&v);
+    store_close(store);
+    hsm_close(h);
+    return rc;
+}
