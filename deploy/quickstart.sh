@@ -117,7 +117,7 @@ CHECK3=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
 echo "   database key check value after activation: $CHECK3"
 
 echo
-echo "== 7. The auditor lists the token: every private key sensitive and never extractable"
+echo "== 7. The auditor lists the token: every private key sensitive, not extractable, decrypt/unwrap only"
 as auditor audit token
 
 echo

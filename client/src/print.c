@@ -77,6 +77,8 @@ static void print_scalar(FILE *f, const ProtobufCFieldDescriptor *fd, const void
             char t[32];
             kv_clock_format(v, t, sizeof(t));
             fputs(t, f);
+        } else if (!json && field_is_time(fd) && v == 0) {
+            fputs("-", f); /* never happened */
         } else {
             fprintf(f, "%lld", (long long)v);
         }

@@ -460,11 +460,38 @@ static int cmd_db_list(vc *c, const cli *a)
                       &hsmvault__v1__list_databases_response__descriptor);
 }
 
+static const char *yn(protobuf_c_boolean b) { return b ? "yes" : "no"; }
+
 static int cmd_audit_token(vc *c, const cli *a)
 {
     Hsmvault__V1__ListTokenObjectsRequest req = HSMVAULT__V1__LIST_TOKEN_OBJECTS_REQUEST__INIT;
-    return call_print(c, a, "/hsmvault.v1.Audit/ListTokenObjects", &req.base,
-                      &hsmvault__v1__list_token_objects_response__descriptor);
+    if (a->json)
+        return call_print(c, a, "/hsmvault.v1.Audit/ListTokenObjects", &req.base,
+                          &hsmvault__v1__list_token_objects_response__descriptor);
+    /* Text: one row per object, the attributes an HSM operator checks. */
+    Hsmvault__V1__ListTokenObjectsResponse *l = NULL;
+    if (kv_failed(vc_call(c, "/hsmvault.v1.Audit/ListTokenObjects", &req.base,
+                          &hsmvault__v1__list_token_objects_response__descriptor, (ProtobufCMessage **)&l)))
+        return fail();
+    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-12s %-10s %s\n", "CLASS", "TYPE", "BITS", "SENS",
+           "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT", "STATE", "LABEL");
+    for (size_t i = 0; i < l->n_objects; i++) {
+        const Hsmvault__V1__TokenObject *o = l->objects[i];
+        char ops[64];
+        snprintf(ops, sizeof(ops), "%s%s%s%s%s", o->can_decrypt ? "decrypt," : "", o->can_unwrap ? "unwrap," : "",
+                 o->can_encrypt ? "encrypt," : "", o->can_wrap ? "wrap," : "", o->can_sign ? "sign," : "");
+        size_t n = strlen(ops);
+        if (n > 0) ops[n - 1] = '\0';
+        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-12s %-10s %s\n", o->object_class, o->key_type,
+               o->bits, yn(o->sensitive), yn(o->extractable), yn(o->never_extractable), yn(o->always_sensitive),
+               yn(o->private_), ops[0] ? ops : "-", o->vault_role, o->vault_state[0] ? o->vault_state : "-",
+               o->label);
+    }
+    printf("%zu objects.  SENS sensitive, EXTR extractable, NEVER never extractable, ALWAYS always sensitive\n"
+           "(keys imported from a PFX are NEVER/ALWAYS no by PKCS#11's definition), PRIV private object.\n",
+           l->n_objects);
+    kv_pb_free(&l->base);
+    return EXIT_OK;
 }
 
 static int cmd_clock_advance(vc *c, const cli *a)
