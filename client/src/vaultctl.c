@@ -160,9 +160,7 @@ static kv_result read_password_line(const cli *a, kv_secret *out)
         KV_GUARD(kv_secret_read_file(out, a->password_file, 1024));
     else
         KV_GUARD(kv_secret_read_fd(out, 0, 1024));
-    if (out->len > 0 && out->data[out->len - 1] == '\n') out->len--;
-    if (out->len > 0 && out->data[out->len - 1] == '\r') out->len--;
-    kv_wipe(out->data + out->len, out->cap - out->len);
+    /* kv_secret_read_fd drops one trailing LF or CRLF. */
     if (memchr(out->data, '\n', out->len) != NULL) {
         kv_secret_free(out);
         KV_BAIL(KV_ERR_INVALID_ARGUMENT, "the password %s holds more than one line",

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -27,14 +28,66 @@ bool kv_ct_equal(const void *a, const void *b, size_t n)
     return diff == 0;
 }
 
+/* One-page mappings are the common case (DEKs, passwords, PINs) and some
+ * paths take one per request.  mmap + mlock + munmap each time costs syscalls
+ * and, in a threaded process, a TLB shootdown on every munmap; so freed
+ * one-page mappings are wiped and kept (still locked, still excluded from
+ * dumps) for reuse, up to a small bound. */
+#define SECRET_CACHE_MAX 64
+static pthread_mutex_t secret_cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    void *p;
+    bool locked;
+} secret_cache[SECRET_CACHE_MAX];
+static size_t secret_cache_n;
+
+static size_t page_size(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    return page > 0 ? (size_t)page : 4096;
+}
+
+static bool secret_cache_take(kv_secret *s)
+{
+    bool got = false;
+    pthread_mutex_lock(&secret_cache_mu);
+    if (secret_cache_n > 0) {
+        secret_cache_n--;
+        s->data = secret_cache[secret_cache_n].p;
+        s->locked = secret_cache[secret_cache_n].locked;
+        got = true;
+    }
+    pthread_mutex_unlock(&secret_cache_mu);
+    return got;
+}
+
+static bool secret_cache_put(const kv_secret *s)
+{
+    bool kept = false;
+    pthread_mutex_lock(&secret_cache_mu);
+    if (secret_cache_n < SECRET_CACHE_MAX) {
+        secret_cache[secret_cache_n].p = s->data;
+        secret_cache[secret_cache_n].locked = s->locked;
+        secret_cache_n++;
+        kept = true;
+    }
+    pthread_mutex_unlock(&secret_cache_mu);
+    return kept;
+}
+
 kv_result kv_secret_alloc(kv_secret *s, size_t cap)
 {
     KV_ENSURE(s->data == NULL, KV_ERR_INTERNAL, "secret buffer allocated twice");
     KV_ENSURE(cap > 0 && cap <= KV_SECRET_MAX, KV_ERR_INVALID_ARGUMENT,
               "secret of %zu bytes is out of range (1..%u)", cap, KV_SECRET_MAX);
-    long page = sysconf(_SC_PAGESIZE);
-    size_t pg = page > 0 ? (size_t)page : 4096;
+    size_t pg = page_size();
     size_t map_len = (cap + pg - 1) / pg * pg;
+    if (map_len == pg && secret_cache_take(s)) {
+        s->cap = cap;
+        s->len = 0;
+        s->map_len = map_len;
+        return KV_SUCCESS;
+    }
     void *p = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
         kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__,
@@ -58,6 +111,10 @@ void kv_secret_free(kv_secret *s)
 {
     if (s == NULL || s->data == NULL) return;
     kv_wipe(s->data, s->map_len);
+    if (s->map_len == page_size() && secret_cache_put(s)) {
+        memset(s, 0, sizeof(*s));
+        return;
+    }
     if (s->locked) munlock(s->data, s->map_len);
     munmap(s->data, s->map_len);
     memset(s, 0, sizeof(*s));

@@ -2,7 +2,7 @@
  * bench_unwrap.c: DEK unwraps per second through vaultd against raw
  * C_Decrypt RSA-OAEP on the same token, measured in the same run.
  *
- *   build/tests/bench_unwrap [--callers N] [--seconds S] [--databases D]
+ *   build/tests/bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]
  *
  * Starts a real vaultd --dev (4 workers, 4 token sessions) in a temporary
  * directory, creates D databases as the storage node, then:
@@ -10,7 +10,8 @@
  *          RSA-2048 OAEP-SHA1 decrypts of a 32-byte key in this process;
  *   vault: N concurrent callers in this process (separate from vaultd), each
  *          with its own mTLS channel, calling UnwrapDatabaseKey round-robin.
- * Prints both rates and vault/raw.  Not a test: nothing asserts on time.
+ * The two paths alternate for R rounds (default 3 x 5 s each); prints each
+ * round and the ratio of the means.  Not a test: nothing asserts on time.
  */
 #include <getopt.h>
 #include <pthread.h>
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "hsm.h"
@@ -29,12 +31,12 @@
 #include "pfx.h"
 #include "vaultd_proc.h"
 
-#define VAULT_SESSIONS 4
 #define MAX_DBS 64
 
 static vaultd_proc vd;
 static char env_id[64], db_ids[MAX_DBS][64];
 static int n_dbs = 8;
+static int sessions = 4, workers = 0; /* workers 0: one per session */
 static atomic_int stop;
 static atomic_long done;
 
@@ -83,18 +85,49 @@ static void *vault_worker(void *arg)
     return NULL;
 }
 
-/* Runs n threads of fn(args[i]) for seconds; returns operations per second. */
+/* CPU seconds used so far by this process and by vaultd. */
+static double cpu_self(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static double cpu_vaultd(void)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)vd.pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) return 0;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* fields after "(comm)" */
+    unsigned long long ut = 0, st = 0;
+    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2) return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double last_ops, last_cpu_self, last_cpu_vaultd;
+
+/* Runs n threads of fn(args[i]) for seconds; returns operations per second
+ * and leaves the operation count and CPU seconds spent in last_*. */
 static double run(int n, void *(*fn)(void *), void **args, double seconds)
 {
     pthread_t th[256];
     atomic_store(&stop, 0);
     atomic_store(&done, 0);
+    double c0 = cpu_self(), v0 = cpu_vaultd();
     int64_t t0 = kv_clock_mono_ms();
     for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, fn, args ? args[i] : NULL);
     usleep((useconds_t)(seconds * 1e6));
     atomic_store(&stop, 1);
     for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
     int64_t t1 = kv_clock_mono_ms();
+    last_ops = (double)atomic_load(&done);
+    last_cpu_self = cpu_self() - c0;
+    last_cpu_vaultd = cpu_vaultd() - v0;
     return (double)atomic_load(&done) * 1000.0 / (double)(t1 - t0);
 }
 
@@ -151,7 +184,7 @@ static void setup_raw(void)
     snprintf(pin, sizeof(pin), "%s/pin", vd.state_dir);
     setenv("SOFTHSM2_CONF", conf, 1);
     hsm_config cfg = {.module_path = getenv("HSMVAULT_SOFTHSM_MODULE"), .token_label = "hsmvault-dev",
-                      .pin_file = pin, .sessions = VAULT_SESSIONS};
+                      .pin_file = pin, .sessions = sessions};
     if (cfg.module_path == NULL) cfg.module_path = "/usr/lib/softhsm/libsofthsm2.so";
     if (kv_failed(hsm_open(&cfg, &tok))) DIE("open the token");
     uint8_t *spki = NULL;
@@ -166,30 +199,42 @@ static void setup_raw(void)
 
 int main(int argc, char **argv)
 {
-    int callers = 8;
+    int callers = 8, rounds = 3;
     double seconds = 5;
     static const struct option opts[] = {{"callers", required_argument, NULL, 'c'},
                                          {"seconds", required_argument, NULL, 's'},
                                          {"databases", required_argument, NULL, 'd'},
+                                         {"rounds", required_argument, NULL, 'r'},
+                                         {"sessions", required_argument, NULL, 'S'},
+                                         {"workers", required_argument, NULL, 'w'},
                                          {NULL, 0, NULL, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         if (ch == 'c') callers = atoi(optarg);
         else if (ch == 's') seconds = atof(optarg);
         else if (ch == 'd') n_dbs = atoi(optarg);
+        else if (ch == 'r') rounds = atoi(optarg);
+        else if (ch == 'S') sessions = atoi(optarg);
+        else if (ch == 'w') workers = atoi(optarg);
         else {
-            fprintf(stderr, "usage: bench_unwrap [--callers N] [--seconds S] [--databases D]\n");
+            fprintf(stderr, "usage: bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]\n"
+                            "                    [--sessions N] [--workers N]\n");
             return 2;
         }
     }
-    if (callers < 1 || callers > 256 || seconds <= 0 || n_dbs < 1 || n_dbs > MAX_DBS) {
-        fprintf(stderr, "bench_unwrap: callers 1..256, seconds > 0, databases 1..%d\n", MAX_DBS);
+    if (workers == 0) workers = sessions;
+    if (sessions < 1 || sessions > 64 || workers < 1 || workers > 64 || callers < 1 || callers > 256 || seconds <= 0 || rounds < 1 || rounds > 100 || n_dbs < 1 || n_dbs > MAX_DBS) {
+        fprintf(stderr, "bench_unwrap: callers 1..256, seconds > 0, rounds 1..100, databases 1..%d\n", MAX_DBS);
         return 2;
     }
     char tmp[256], state[300];
     kv_test_tmpdir(tmp, sizeof(tmp), "bench");
     snprintf(state, sizeof(state), "%s/state", tmp);
-    if (!vaultd_proc_start(&vd, state)) return 1;
+    char w_arg[16], s_arg[16];
+    snprintf(w_arg, sizeof(w_arg), "%d", workers);
+    snprintf(s_arg, sizeof(s_arg), "%d", sessions);
+    const char *extra[] = {"--workers", w_arg, "--sessions", s_arg, NULL};
+    if (!vaultd_proc_start_args(&vd, state, extra)) return 1;
     vc *op = vaultd_proc_client(&vd, "operator");
     vc *sn = vaultd_proc_client(&vd, "storage-node");
     if (op == NULL || sn == NULL) return 1;
@@ -197,23 +242,35 @@ int main(int argc, char **argv)
     setup_raw();
 
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    printf("bench_unwrap: RSA-2048 OAEP-SHA1 in SoftHSM, %ld CPUs, %.1f s per run\n", cpus, seconds);
-    /* Warm up both paths, then measure. */
-    run(VAULT_SESSIONS, raw_worker, NULL, 0.5);
-    double raw = run(VAULT_SESSIONS, raw_worker, NULL, seconds);
-    printf("  raw C_Decrypt:        %8.0f decrypts/s (%d sessions, %d threads)\n", raw, VAULT_SESSIONS,
-           VAULT_SESSIONS);
-
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("bench_unwrap: RSA-2048 OAEP-SHA1 in SoftHSM, %ld CPUs, %d rounds of %.1f s per path\n", cpus, rounds,
+           seconds);
+    printf("  raw:   %d threads on %d token sessions, C_Decrypt in this process\n", sessions, sessions);
+    printf("  vault: %d callers (own mTLS channel each) -> vaultd with %d workers / %d sessions\n", callers,
+           workers, sessions);
     void *args[256];
     for (int i = 0; i < callers; i++) {
         args[i] = vaultd_proc_client(&vd, "storage-node");
         if (args[i] == NULL) return 1;
     }
+    /* Warm up both paths, then alternate them so drift in the machine's
+     * speed hits both alike. */
+    run(sessions, raw_worker, NULL, 0.5);
     run(callers, vault_worker, args, 0.5);
-    double vault = run(callers, vault_worker, args, seconds);
-    printf("  vaultd unwrap (mTLS): %8.0f unwraps/s  (%d workers/sessions, %d callers)\n", vault, VAULT_SESSIONS,
-           callers);
-    printf("  ratio vault/raw:      %8.2f   (target >= 0.70)\n", vault / raw);
+    double raw_sum = 0, vault_sum = 0;
+    for (int r = 0; r < rounds; r++) {
+        double raw = run(sessions, raw_worker, NULL, seconds);
+        double raw_cpu = last_cpu_self / last_ops;
+        double vault = run(callers, vault_worker, args, seconds);
+        double vault_cpu = last_cpu_vaultd / last_ops, client_cpu = last_cpu_self / last_ops;
+        printf("  round %d: raw %7.0f decrypts/s   vault %7.0f unwraps/s   ratio %.2f   "
+               "CPU ms/op: raw %.2f, vaultd %.2f, callers %.2f\n",
+               r + 1, raw, vault, vault / raw, raw_cpu * 1e3, vault_cpu * 1e3, client_cpu * 1e3);
+        raw_sum += raw;
+        vault_sum += vault;
+    }
+    printf("  mean:    raw %7.0f decrypts/s   vault %7.0f unwraps/s   ratio %.2f (target >= 0.70)\n",
+           raw_sum / rounds, vault_sum / rounds, vault_sum / raw_sum);
 
     for (int i = 0; i < callers; i++) vc_close(args[i]);
     if (kv_failed(hsm_key_destroy(tok, &raw_key))) fprintf(stderr, "bench_unwrap: reference key not destroyed: %s\n", kv_error_msg());

@@ -42,7 +42,10 @@ static void msleep(int ms)
 
 static const char *path_of(char *buf, size_t cap, const char *name)
 {
-    snprintf(buf, cap, "%s/%s", g_dir, name);
+    if (snprintf(buf, cap, "%s/%s", g_dir, name) >= (int)cap) {
+        fprintf(stderr, "path too long: %s/%s\n", g_dir, name);
+        abort();
+    }
     return buf;
 }
 

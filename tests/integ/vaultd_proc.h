@@ -16,8 +16,10 @@ typedef struct {
 } vaultd_proc;
 
 /* Starts vaultd --dev on state_dir (created by the caller or by vaultd) and
- * waits until it serves (<state>/vaultd.addr exists).  extra_env may be NULL. */
+ * waits until it serves (<state>/vaultd.addr exists). */
 bool vaultd_proc_start(vaultd_proc *p, const char *state_dir);
+/* The same with more vaultd arguments (NULL-terminated; may be NULL). */
+bool vaultd_proc_start_args(vaultd_proc *p, const char *state_dir, const char *const *extra);
 /* SIGTERM and wait; returns vaultd's exit status (0 on clean shutdown). */
 int vaultd_proc_stop(vaultd_proc *p);
 /* SIGKILL and wait. */

@@ -67,8 +67,28 @@ typedef struct {
     bool started;
 } rpc_worker;
 
+/* Parsing the peer's certificate costs more than the rest of a small call;
+ * a connection's certificate is the same for every call on it, so the
+ * principal derived from an exact PEM is remembered (a small table replaced
+ * round-robin; the PEM is compared in full, never by hash alone). */
+#define RPC_PRINCIPAL_CACHE 32
+#define RPC_PRINCIPAL_CACHE_PEM_MAX 8192
+
+typedef struct {
+    char *pem; /* malloc'd copy, NULL when empty */
+    size_t len;
+    char principal[RPC_PRINCIPAL_MAX];
+} rpc_principal_entry;
+
+typedef struct {
+    pthread_mutex_t mu;
+    rpc_principal_entry e[RPC_PRINCIPAL_CACHE];
+    unsigned next;
+} rpc_principal_cache;
+
 struct rpc_server {
     grpc_server *server;
+    rpc_principal_cache principals;
     grpc_completion_queue *shutdown_cq;
     rpc_worker *workers;
     unsigned n_workers;
@@ -180,23 +200,15 @@ static bool rpc_principal_copy(const unsigned char *p, int n, char out[RPC_PRINC
 }
 
 /* First SAN URI, else the subject CN, of the verified client certificate. */
-static kv_result rpc_principal_of(grpc_call *call, char out[RPC_PRINCIPAL_MAX])
+/* The principal named by a PEM certificate: its first SAN URI, else its CN. */
+static kv_result rpc_principal_parse(const char *pem, size_t pem_len, char out[RPC_PRINCIPAL_MAX])
 {
     kv_result r = KV_SUCCESS;
     BIO *bio = NULL;
     X509 *cert = NULL;
     GENERAL_NAMES *sans = NULL;
     unsigned char *cn_utf8 = NULL;
-    grpc_auth_context *auth = grpc_call_auth_context(call);
-    KV_ENSURE(auth != NULL, KV_ERR_UNAUTHENTICATED, "no authenticated peer");
-
-    grpc_auth_property_iterator it =
-        grpc_auth_context_find_properties_by_name(auth, GRPC_X509_PEM_CERT_PROPERTY_NAME);
-    const grpc_auth_property *prop = grpc_auth_property_iterator_next(&it);
-    KV_ENSURE_GOTO(prop != NULL && prop->value != NULL && prop->value_length > 0 &&
-                       prop->value_length < RPC_PEM_MAX,
-                   r, out, KV_ERR_UNAUTHENTICATED, "the client presented no certificate");
-    bio = BIO_new_mem_buf(prop->value, (int)prop->value_length);
+    bio = BIO_new_mem_buf(pem, (int)pem_len);
     KV_ENSURE_GOTO(bio != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
     cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
     KV_ENSURE_GOTO(cert != NULL, r, out, KV_ERR_UNAUTHENTICATED,
@@ -229,6 +241,64 @@ out:
     GENERAL_NAMES_free(sans);
     X509_free(cert);
     BIO_free(bio);
+    return r;
+}
+
+static bool rpc_principal_cached(rpc_principal_cache *c, const char *pem, size_t len, char out[RPC_PRINCIPAL_MAX])
+{
+    bool hit = false;
+    pthread_mutex_lock(&c->mu);
+    for (unsigned i = 0; i < RPC_PRINCIPAL_CACHE && !hit; i++) {
+        const rpc_principal_entry *e = &c->e[i];
+        if (e->pem != NULL && e->len == len && memcmp(e->pem, pem, len) == 0) {
+            memcpy(out, e->principal, RPC_PRINCIPAL_MAX);
+            hit = true;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return hit;
+}
+
+static void rpc_principal_remember(rpc_principal_cache *c, const char *pem, size_t len,
+                                   const char principal[RPC_PRINCIPAL_MAX])
+{
+    if (len > RPC_PRINCIPAL_CACHE_PEM_MAX) return;
+    char *copy = malloc(len);
+    if (copy == NULL) return;
+    memcpy(copy, pem, len);
+    pthread_mutex_lock(&c->mu);
+    rpc_principal_entry *e = &c->e[c->next];
+    c->next = (c->next + 1) % RPC_PRINCIPAL_CACHE;
+    free(e->pem);
+    e->pem = copy;
+    e->len = len;
+    memcpy(e->principal, principal, RPC_PRINCIPAL_MAX);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void rpc_principal_cache_free(rpc_principal_cache *c)
+{
+    for (unsigned i = 0; i < RPC_PRINCIPAL_CACHE; i++) free(c->e[i].pem);
+    pthread_mutex_destroy(&c->mu);
+}
+
+/* The caller's principal, from the verified peer certificate gRPC holds. */
+static kv_result rpc_principal_of(rpc_server *s, grpc_call *call, char out[RPC_PRINCIPAL_MAX])
+{
+    kv_result r = KV_SUCCESS;
+    grpc_auth_context *auth = grpc_call_auth_context(call);
+    KV_ENSURE(auth != NULL, KV_ERR_UNAUTHENTICATED, "no authenticated peer");
+    grpc_auth_property_iterator it =
+        grpc_auth_context_find_properties_by_name(auth, GRPC_X509_PEM_CERT_PROPERTY_NAME);
+    const grpc_auth_property *prop = grpc_auth_property_iterator_next(&it);
+    KV_ENSURE_GOTO(prop != NULL && prop->value != NULL && prop->value_length > 0 &&
+                       prop->value_length < RPC_PEM_MAX,
+                   r, out, KV_ERR_UNAUTHENTICATED, "the client presented no certificate");
+    if (!rpc_principal_cached(&s->principals, prop->value, prop->value_length, out)) {
+        KV_GUARD_GOTO(rpc_principal_parse(prop->value, prop->value_length, out), r, out);
+        rpc_principal_remember(&s->principals, prop->value, prop->value_length, out);
+    }
+out:
     grpc_auth_context_release(auth);
     return r;
 }
@@ -281,7 +351,7 @@ static kv_result rpc_dispatch(rpc_server *s, grpc_call *call, const grpc_call_de
                               const char *method, const uint8_t *req, size_t req_len,
                               char principal[RPC_PRINCIPAL_MAX], rpc_reply *reply)
 {
-    KV_GUARD(rpc_principal_of(call, principal));
+    KV_GUARD(rpc_principal_of(s, call, principal));
     const rpc_route *route =
         rpc_route_find(s, GRPC_SLICE_START_PTR(d->method), GRPC_SLICE_LENGTH(d->method));
     KV_ENSURE(route != NULL, KV_ERR_UNIMPLEMENTED, "unknown method %.*s", RPC_METHOD_ECHO_MAX,
@@ -523,6 +593,7 @@ static void rpc_server_free(rpc_server *s)
         free(s->routes[i].path);
     free(s->routes);
     free(s->workers);
+    rpc_principal_cache_free(&s->principals);
     if (s->grpc_ref) grpc_shutdown();
     free(s);
 }
@@ -571,6 +642,7 @@ kv_result rpc_server_start(const rpc_server_config *cfg, const rpc_method *metho
     grpc_server_credentials *creds = NULL;
     rpc_server *s = calloc(1, sizeof(*s));
     KV_ENSURE(s != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    pthread_mutex_init(&s->principals.mu, NULL);
     s->app = app;
     grpc_init();
     s->grpc_ref = true;

@@ -33,6 +33,7 @@ static void usage(FILE *f)
             "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
             "                     sessions, lease_seconds, max_message (see docs/operations.md)\n"
             "  --workers N        worker threads (default 4)\n"
+            "  --sessions N       token sessions in the pool (default: one per worker)\n"
             "  --verbose          debug logging\n"
             "  --help             this text\n"
             "\n"
@@ -44,14 +45,15 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"dev", no_argument, NULL, 'd'},       {"state-dir", required_argument, NULL, 's'},
         {"listen", required_argument, NULL, 'l'}, {"config", required_argument, NULL, 'c'},
-        {"workers", required_argument, NULL, 'w'}, {"verbose", no_argument, NULL, 'v'},
+        {"workers", required_argument, NULL, 'w'}, {"sessions", required_argument, NULL, 'S'},
+        {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0},
     };
     vaultd_config cfg;
     vaultd_config_defaults(&cfg);
     bool dev = false;
     const char *config_path = NULL, *listen = NULL, *state_dir = NULL;
-    long workers = 0;
+    long workers = 0, sessions = 0;
     int ch;
     kv_log_set_ident("vaultd");
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -61,6 +63,7 @@ int main(int argc, char **argv)
         case 'l': listen = optarg; break;
         case 'c': config_path = optarg; break;
         case 'w': workers = strtol(optarg, NULL, 10); break;
+        case 'S': sessions = strtol(optarg, NULL, 10); break;
         case 'v': kv_log_set_level(KV_LOG_DEBUG); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -70,8 +73,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "vaultd: give exactly one of --dev or --config FILE (see --help)\n");
         return 2;
     }
-    if (workers < 0 || workers > 64) {
-        fprintf(stderr, "vaultd: --workers must be from 1 to 64\n");
+    if (workers < 0 || workers > 64 || sessions < 0 || sessions > 64) {
+        fprintf(stderr, "vaultd: --workers and --sessions must be from 1 to 64\n");
         return 2;
     }
     /* Signals are taken by sigwait in this thread only: block them before
@@ -88,6 +91,7 @@ int main(int argc, char **argv)
     if (state_dir != NULL) snprintf(cfg.state_dir, sizeof(cfg.state_dir), "%s", state_dir);
     if (listen != NULL) snprintf(cfg.listen, sizeof(cfg.listen), "%s", listen);
     if (workers > 0) cfg.workers = (unsigned)workers;
+    if (sessions > 0) cfg.sessions = (unsigned)sessions;
     if (dev && kv_failed(vaultd_dev_prepare(&cfg))) goto fail;
     if (kv_failed(vaultd_config_check(&cfg))) goto fail;
 
