@@ -152,10 +152,13 @@ kv_result pfx_open(const uint8_t *pfx, size_t pfx_len, const kv_secret *password
                       "as .pfx/.p12");
         goto out;
     }
-    /* With a MAC, check it first: a wrong password is then told apart from a
-     * damaged file.  Try the empty password both as "" and as NULL (some
-     * tools encode it as absent). */
-    if (PKCS12_mac_present(p12)) {
+    /* The MAC is the file's integrity check and how a wrong password is told
+     * apart from a damaged file; a file without one is refused (OpenSSL 3.0's
+     * PKCS12_parse cannot read one with a password anyway).  Try the empty
+     * password both as "" and as NULL (tools encode it either way). */
+    KV_ENSURE_GOTO(PKCS12_mac_present(p12), r, out, KV_ERR_INVALID_ARGUMENT,
+                   "the PFX has no integrity MAC; export it again with a MAC (without -nomac)");
+    {
         int ok = PKCS12_verify_mac(p12, (const char *)pw.data, (int)pw.len);
         if (!ok && pw.len == 0) ok = PKCS12_verify_mac(p12, NULL, 0);
         if (!ok) {
