@@ -57,7 +57,7 @@ static kv_result create_tenant(vc *c, const char *name, const char *sub, char *i
     kv_result r = CALL(c, M("Tenants", "CreateTenant"), req, tenant, &t);
     if (kv_ok(r) && id_out) snprintf(id_out, 64, "%s", t->id);
     if (kv_ok(r) && c == op && id_out == tenant) snprintf(svc_fpr, sizeof(svc_fpr), "%s", t->service_key_fingerprint);
-    kv_pb_free(&t->base);
+    kv_pb_free(t ? &t->base : NULL);
     return r;
 }
 

@@ -130,6 +130,10 @@ grep -q "sensitive" "$TMP/out" && ok || bad "audit token output: $(head -5 "$TMP
 expect 5 "auditor cannot create" -- as auditor tenant create --name x --subscription s --admin-contact a@example.com
 [ -n "$KEY1" ] && ok || bad "no key id"
 
+# The test clock: operator only, and only in --dev.
+expect 0 "clock advance" -- as operator clock advance --seconds 60
+expect 5 "clock advance by a tenant admin" -- as tenant-admin clock advance --seconds 60
+
 # vaultd stops cleanly on SIGTERM.
 kill -TERM "$PID"
 wait "$PID"
@@ -137,6 +141,52 @@ rc=$?
 PID=""
 [ "$rc" = 0 ] && ok || bad "vaultd exit status $rc after SIGTERM"
 expect 7 "vaultd down" -- as operator whoami
+
+# A normal start from a config file, on the same token, certificates and
+# store: everything is still there; the test clock is not.
+cat >"$TMP/vaultd.conf" <<CONF
+# vaultd config for the test
+module = ${HSMVAULT_SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
+token_label = hsmvault-dev
+pin_file = $STATE/pin
+listen = 127.0.0.1:0
+tls_ca = $STATE/tls/ca.pem
+tls_cert = $STATE/tls/server.pem
+tls_key = $STATE/tls/server.key
+state_dir = $STATE
+workers = 2
+CONF
+SOFTHSM2_CONF=$STATE/softhsm2.conf "$VAULTD" --config "$TMP/vaultd.conf" >"$TMP/vaultd2.out" 2>"$TMP/vaultd2.log" &
+PID=$!
+i=0
+PORT=""
+while [ -z "$PORT" ] && [ $i -lt 600 ]; do
+    sleep 0.05
+    i=$((i + 1))
+    PORT=$(sed -n 's/.*listening on .* (port \([0-9]*\)).*/\1/p' "$TMP/vaultd2.log" | head -n 1)
+done
+[ -n "$PORT" ] && ok || bad "vaultd --config did not start: $(cat "$TMP/vaultd2.log")"
+sed "s/^target = .*/target = 127.0.0.1:$PORT/" "$STATE/clients/storage-node.conf" >"$TMP/node.conf"
+sed "s/^target = .*/target = 127.0.0.1:$PORT/" "$STATE/clients/operator.conf" >"$TMP/op.conf"
+expect 0 "unwrap via --config vaultd" -- "$VAULTCTL" --config "$TMP/node.conf" db unwrap --env "$ENV" --db "$DB"
+grep -q "$CHK" "$TMP/out" && ok || bad "check value changed under --config"
+expect 9 "no test clock outside --dev" -- "$VAULTCTL" --config "$TMP/op.conf" clock advance --seconds 60
+kill -TERM "$PID"
+wait "$PID"
+rc=$?
+PID=""
+[ "$rc" = 0 ] && ok || bad "vaultd --config exit status $rc after SIGTERM"
+
+# Bad config files: exit 1 (start-up failure) or 2 (usage), one clear line.
+printf 'token_label = x\nbogus_key = 1\n' >"$TMP/bad1.conf"
+expect 1 "unknown config key" -- "$VAULTD" --config "$TMP/bad1.conf"
+grep -q "bogus_key" "$TMP/err" && ok || bad "unknown key not named: $(cat "$TMP/err")"
+printf 'token_label = x\n' >"$TMP/bad2.conf"
+expect 1 "missing required keys" -- "$VAULTD" --config "$TMP/bad2.conf"
+expect 1 "missing config file" -- "$VAULTD" --config "$TMP/none.conf"
+expect 2 "dev and config" -- "$VAULTD" --dev --config "$TMP/bad2.conf"
+sed 's/^workers = 2/workers = 0/' "$TMP/vaultd.conf" >"$TMP/bad3.conf"
+expect 1 "workers out of range" -- "$VAULTD" --config "$TMP/bad3.conf"
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -38,6 +38,7 @@ VAULT_HANDLER(vault_rpc_advance_clock, Hsmvault__V1__AdvanceClockRequest,
 static kv_result vault_rpc_advance_clock_impl(vault *v, const rpc_ctx *ctx,
                                               const Hsmvault__V1__AdvanceClockRequest *req, rpc_reply *reply)
 {
+    KV_ENSURE(v->test_hooks, KV_ERR_UNIMPLEMENTED, "the test clock exists only in vaultd --dev");
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
     kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "move the test clock");

@@ -31,13 +31,24 @@
 #define PFX_RSA_BITS 2048
 
 static pthread_once_t providers_once = PTHREAD_ONCE_INIT;
+static OSSL_PROVIDER *provider_legacy, *provider_default;
 static int legacy_loaded;
+
+static void providers_unload(void)
+{
+    if (provider_legacy != NULL) OSSL_PROVIDER_unload(provider_legacy);
+    if (provider_default != NULL) OSSL_PROVIDER_unload(provider_default);
+    provider_legacy = provider_default = NULL;
+}
 
 static void providers_load(void)
 {
-    /* Loading "legacy" explicitly stops the implicit default load: load both. */
-    legacy_loaded = OSSL_PROVIDER_load(NULL, "legacy") != NULL;
-    (void)OSSL_PROVIDER_load(NULL, "default");
+    /* Loading "legacy" explicitly stops the implicit default load: load both.
+     * Unloaded at exit (before OpenSSL's own clean-up, registered earlier). */
+    provider_legacy = OSSL_PROVIDER_load(NULL, "legacy");
+    provider_default = OSSL_PROVIDER_load(NULL, "default");
+    legacy_loaded = provider_legacy != NULL;
+    atexit(providers_unload);
     ERR_clear_error();
 }
 

@@ -44,6 +44,7 @@ typedef struct {
     hsm *hsm;
     vault_store *store;
     unsigned lease_seconds;
+    bool test_hooks; /* --dev only: Testing/AdvanceClock answers (non-release builds) */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
     /* Serializes changes that create or destroy token objects or re-wrap
      * DEKs; unwraps and reads never take it. */

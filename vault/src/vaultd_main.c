@@ -102,6 +102,7 @@ int main(int argc, char **argv)
     snprintf(store_dir, sizeof(store_dir), "%s/store", cfg.state_dir);
     if (kv_failed(store_open(store_dir, &store))) goto fail;
     if (kv_failed(vault_init(&v, h, store, cfg.lease_seconds))) goto fail;
+    v.test_hooks = dev;
     vault_ready = true;
     if (kv_failed(vault_reconcile(&v))) goto fail;
     if (cfg.bootstrap_operator[0] != '\0' &&
