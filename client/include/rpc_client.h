@@ -19,16 +19,16 @@
 typedef struct rpc_client rpc_client;
 
 typedef struct {
-    const char *target;        /* "127.0.0.1:7443" */
-    const char *ca_file;       /* PEM: CA for the server certificate */
-    const char *cert_file;     /* PEM: client certificate */
-    const char *key_file;      /* PEM: client private key */
-    const char *server_name;   /* TLS name override (e.g. "localhost"); may be NULL */
-    size_t max_message;        /* 0 means 4 MiB */
+    const char *target;      /* "127.0.0.1:7443" */
+    const char *ca_file;     /* PEM: CA for the server certificate */
+    const char *cert_file;   /* PEM: client certificate */
+    const char *key_file;    /* PEM: client private key */
+    const char *server_name; /* TLS name override (e.g. "localhost"); may be NULL */
+    size_t max_message;      /* 0 means 4 MiB */
 } rpc_client_config;
 
 typedef struct {
-    uint8_t *data;   /* malloc'd; free with rpc_client_reply_free */
+    uint8_t *data; /* malloc'd; free with rpc_client_reply_free */
     size_t len;
 } rpc_client_reply;
 

@@ -49,14 +49,15 @@ static void print_enum_name(FILE *f, const ProtobufCEnumDescriptor *d, int value
 static bool field_is_time(const ProtobufCFieldDescriptor *fd)
 {
     size_t n = strlen(fd->name);
-    return fd->type == PROTOBUF_C_TYPE_INT64 && ((n > 3 && strcmp(fd->name + n - 3, "_at") == 0) ||
-                                                strcmp(fd->name, "unlock_not_before") == 0 ||
-                                                strcmp(fd->name, "now") == 0);
+    return fd->type == PROTOBUF_C_TYPE_INT64 &&
+           ((n > 3 && strcmp(fd->name + n - 3, "_at") == 0) ||
+            strcmp(fd->name, "unlock_not_before") == 0 || strcmp(fd->name, "now") == 0);
 }
 
 static void print_message_at(FILE *f, const ProtobufCMessage *m, bool json, int indent);
 
-static void print_scalar(FILE *f, const ProtobufCFieldDescriptor *fd, const void *p, bool json, int indent)
+static void print_scalar(FILE *f, const ProtobufCFieldDescriptor *fd, const void *p, bool json,
+                         int indent)
 {
     switch (fd->type) {
     case PROTOBUF_C_TYPE_STRING: {
@@ -67,10 +68,18 @@ static void print_scalar(FILE *f, const ProtobufCFieldDescriptor *fd, const void
             fputs(s ? s : "", f);
         break;
     }
-    case PROTOBUF_C_TYPE_BOOL: fputs(*(const protobuf_c_boolean *)p ? "true" : "false", f); break;
-    case PROTOBUF_C_TYPE_INT32: fprintf(f, "%d", *(const int32_t *)p); break;
-    case PROTOBUF_C_TYPE_UINT32: fprintf(f, "%u", *(const uint32_t *)p); break;
-    case PROTOBUF_C_TYPE_UINT64: fprintf(f, "%llu", (unsigned long long)*(const uint64_t *)p); break;
+    case PROTOBUF_C_TYPE_BOOL:
+        fputs(*(const protobuf_c_boolean *)p ? "true" : "false", f);
+        break;
+    case PROTOBUF_C_TYPE_INT32:
+        fprintf(f, "%d", *(const int32_t *)p);
+        break;
+    case PROTOBUF_C_TYPE_UINT32:
+        fprintf(f, "%u", *(const uint32_t *)p);
+        break;
+    case PROTOBUF_C_TYPE_UINT64:
+        fprintf(f, "%llu", (unsigned long long)*(const uint64_t *)p);
+        break;
     case PROTOBUF_C_TYPE_INT64: {
         int64_t v = *(const int64_t *)p;
         if (!json && field_is_time(fd) && v > 0) {
@@ -84,7 +93,9 @@ static void print_scalar(FILE *f, const ProtobufCFieldDescriptor *fd, const void
         }
         break;
     }
-    case PROTOBUF_C_TYPE_ENUM: print_enum_name(f, fd->descriptor, *(const int *)p, json); break;
+    case PROTOBUF_C_TYPE_ENUM:
+        print_enum_name(f, fd->descriptor, *(const int *)p, json);
+        break;
     case PROTOBUF_C_TYPE_MESSAGE: {
         const ProtobufCMessage *sub = *(const ProtobufCMessage *const *)p;
         if (sub == NULL)
@@ -93,7 +104,9 @@ static void print_scalar(FILE *f, const ProtobufCFieldDescriptor *fd, const void
             print_message_at(f, sub, json, indent + 1);
         break;
     }
-    default: fputs(json ? "null" : "", f); break;
+    default:
+        fputs(json ? "null" : "", f);
+        break;
     }
 }
 
@@ -101,12 +114,17 @@ static size_t field_size(const ProtobufCFieldDescriptor *fd)
 {
     switch (fd->type) {
     case PROTOBUF_C_TYPE_STRING:
-    case PROTOBUF_C_TYPE_MESSAGE: return sizeof(void *);
+    case PROTOBUF_C_TYPE_MESSAGE:
+        return sizeof(void *);
     case PROTOBUF_C_TYPE_INT64:
-    case PROTOBUF_C_TYPE_UINT64: return 8;
-    case PROTOBUF_C_TYPE_BOOL: return sizeof(protobuf_c_boolean);
-    case PROTOBUF_C_TYPE_BYTES: return sizeof(ProtobufCBinaryData);
-    default: return 4;
+    case PROTOBUF_C_TYPE_UINT64:
+        return 8;
+    case PROTOBUF_C_TYPE_BOOL:
+        return sizeof(protobuf_c_boolean);
+    case PROTOBUF_C_TYPE_BYTES:
+        return sizeof(ProtobufCBinaryData);
+    default:
+        return 4;
     }
 }
 

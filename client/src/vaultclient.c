@@ -22,7 +22,8 @@ static kv_result vc_profile_set(const char *key, const char *value, void *arg)
 {
     vc_profile *p = arg;
     if (strcmp(key, "target") == 0) return kv_config_str(key, value, p->target, sizeof(p->target));
-    if (strcmp(key, "server_name") == 0) return kv_config_str(key, value, p->server_name, sizeof(p->server_name));
+    if (strcmp(key, "server_name") == 0)
+        return kv_config_str(key, value, p->server_name, sizeof(p->server_name));
     if (strcmp(key, "ca") == 0) return kv_config_str(key, value, p->ca, sizeof(p->ca));
     if (strcmp(key, "cert") == 0) return kv_config_str(key, value, p->cert, sizeof(p->cert));
     if (strcmp(key, "key") == 0) return kv_config_str(key, value, p->key, sizeof(p->key));
@@ -48,8 +49,11 @@ kv_result vc_open(const vc_profile *p, vc **out)
 {
     vc *c = calloc(1, sizeof(*c));
     KV_ENSURE(c != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    rpc_client_config rc = {.target = p->target, .ca_file = p->ca, .cert_file = p->cert,
-                            .key_file = p->key, .server_name = p->server_name[0] ? p->server_name : NULL};
+    rpc_client_config rc = {.target = p->target,
+                            .ca_file = p->ca,
+                            .cert_file = p->cert,
+                            .key_file = p->key,
+                            .server_name = p->server_name[0] ? p->server_name : NULL};
     if (kv_failed(rpc_client_open(&rc, &c->rpc))) {
         free(c);
         return KV_FAILURE;
@@ -102,7 +106,8 @@ kv_result vc_database_key_create(vc *c, const char *environment_id, const char *
     if (k->database == NULL)
         r = kv_error_set(KV_ERR_DATA_LOSS, __FILE__, __LINE__, "the vault returned no database");
     else if (snprintf(database_id, id_cap, "%s", k->database->id) >= (int)id_cap)
-        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "database id buffer too small");
+        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
+                         "database id buffer too small");
     if (kv_ok(r)) r = vc_take_dek(k, dek, lease);
     kv_pb_free(&k->base);
     return r;

@@ -68,17 +68,25 @@ static int exit_for(kv_code code)
     switch (code) {
     case KV_ERR_INVALID_ARGUMENT:
     case KV_ERR_OUT_OF_RANGE:
-    case KV_ERR_RESOURCE_EXHAUSTED: return EXIT_INVALID;
-    case KV_ERR_NOT_FOUND: return EXIT_NOT_FOUND;
+    case KV_ERR_RESOURCE_EXHAUSTED:
+        return EXIT_INVALID;
+    case KV_ERR_NOT_FOUND:
+        return EXIT_NOT_FOUND;
     case KV_ERR_PERMISSION_DENIED:
-    case KV_ERR_UNAUTHENTICATED: return EXIT_DENIED;
+    case KV_ERR_UNAUTHENTICATED:
+        return EXIT_DENIED;
     case KV_ERR_FAILED_PRECONDITION:
-    case KV_ERR_ABORTED: return EXIT_PRECONDITION;
+    case KV_ERR_ABORTED:
+        return EXIT_PRECONDITION;
     case KV_ERR_UNAVAILABLE:
-    case KV_ERR_DEADLINE_EXCEEDED: return EXIT_UNAVAILABLE;
-    case KV_ERR_ALREADY_EXISTS: return EXIT_EXISTS;
-    case KV_ERR_UNIMPLEMENTED: return EXIT_UNIMPLEMENTED;
-    default: return EXIT_ERROR;
+    case KV_ERR_DEADLINE_EXCEEDED:
+        return EXIT_UNAVAILABLE;
+    case KV_ERR_ALREADY_EXISTS:
+        return EXIT_EXISTS;
+    case KV_ERR_UNIMPLEMENTED:
+        return EXIT_UNIMPLEMENTED;
+    default:
+        return EXIT_ERROR;
     }
 }
 
@@ -138,7 +146,8 @@ static kv_result prompt_password(const char *prompt, kv_secret *out)
         ssize_t got = read(fd, &ch, 1);
         if (got <= 0 || ch == '\n') break;
         if (n >= 1024) {
-            r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "password longer than 1024 bytes");
+            r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
+                             "password longer than 1024 bytes");
             break;
         }
         out->data[n++] = (uint8_t)ch;
@@ -186,20 +195,23 @@ static kv_result read_password(const cli *a, bool confirm, kv_secret *out)
 static int cmd_whoami(vc *c, const cli *a)
 {
     Hsmvault__V1__WhoAmIRequest req = HSMVAULT__V1__WHO_AM_IREQUEST__INIT;
-    return call_print(c, a, "/hsmvault.v1.Tenants/WhoAmI", &req.base, &hsmvault__v1__who_am_iresponse__descriptor);
+    return call_print(c, a, "/hsmvault.v1.Tenants/WhoAmI", &req.base,
+                      &hsmvault__v1__who_am_iresponse__descriptor);
 }
 
 static int cmd_tenant_create(vc *c, const cli *a)
 {
     NEED(name, "name");
     NEED(subscription, "subscription");
-    if (a->n_contacts == 0) return usage_error("%s is required (repeat it for each admin)", "--admin-contact");
+    if (a->n_contacts == 0)
+        return usage_error("%s is required (repeat it for each admin)", "--admin-contact");
     Hsmvault__V1__CreateTenantRequest req = HSMVAULT__V1__CREATE_TENANT_REQUEST__INIT;
     req.name = (char *)(uintptr_t)a->name;
     req.subscription_id = (char *)(uintptr_t)a->subscription;
     req.n_admin_contacts = a->n_contacts;
     req.admin_contacts = (char **)(uintptr_t)a->contacts;
-    return call_print(c, a, "/hsmvault.v1.Tenants/CreateTenant", &req.base, &hsmvault__v1__tenant__descriptor);
+    return call_print(c, a, "/hsmvault.v1.Tenants/CreateTenant", &req.base,
+                      &hsmvault__v1__tenant__descriptor);
 }
 
 static int cmd_tenant_list(vc *c, const cli *a)
@@ -214,13 +226,15 @@ static int cmd_tenant_show(vc *c, const cli *a)
     NEED(tenant, "tenant");
     Hsmvault__V1__GetTenantRequest req = HSMVAULT__V1__GET_TENANT_REQUEST__INIT;
     req.tenant_id = (char *)(uintptr_t)a->tenant;
-    return call_print(c, a, "/hsmvault.v1.Tenants/GetTenant", &req.base, &hsmvault__v1__tenant__descriptor);
+    return call_print(c, a, "/hsmvault.v1.Tenants/GetTenant", &req.base,
+                      &hsmvault__v1__tenant__descriptor);
 }
 
 static int cmd_tenant_enable(vc *c, const cli *a)
 {
     NEED(tenant, "tenant");
-    Hsmvault__V1__EnableSelfManagedKeysRequest req = HSMVAULT__V1__ENABLE_SELF_MANAGED_KEYS_REQUEST__INIT;
+    Hsmvault__V1__EnableSelfManagedKeysRequest req =
+        HSMVAULT__V1__ENABLE_SELF_MANAGED_KEYS_REQUEST__INIT;
     req.tenant_id = (char *)(uintptr_t)a->tenant;
     return call_print(c, a, "/hsmvault.v1.Tenants/EnableSelfManagedKeys", &req.base,
                       &hsmvault__v1__tenant__descriptor);
@@ -252,15 +266,17 @@ static int cmd_role_bind_or_unbind(vc *c, const cli *a, bool bind)
     NEED(role, "role");
     Hsmvault__V1__RoleBinding b = HSMVAULT__V1__ROLE_BINDING__INIT;
     if (parse_role(a->role, &b.role) != 0)
-        return usage_error("unknown role '%s' (operator, tenant-admin, environment-admin, storage-node, auditor)",
-                           a->role);
+        return usage_error(
+            "unknown role '%s' (operator, tenant-admin, environment-admin, storage-node, auditor)",
+            a->role);
     b.principal = (char *)(uintptr_t)a->principal;
     b.tenant_id = (char *)(uintptr_t)(a->tenant ? a->tenant : "");
     b.environment_id = (char *)(uintptr_t)(a->env ? a->env : "");
     if (bind) {
         Hsmvault__V1__BindRoleRequest req = HSMVAULT__V1__BIND_ROLE_REQUEST__INIT;
         req.binding = &b;
-        return call_print(c, a, "/hsmvault.v1.Tenants/BindRole", &req.base, &hsmvault__v1__role_binding__descriptor);
+        return call_print(c, a, "/hsmvault.v1.Tenants/BindRole", &req.base,
+                          &hsmvault__v1__role_binding__descriptor);
     }
     Hsmvault__V1__UnbindRoleRequest req = HSMVAULT__V1__UNBIND_ROLE_REQUEST__INIT;
     req.binding = &b;
@@ -268,8 +284,14 @@ static int cmd_role_bind_or_unbind(vc *c, const cli *a, bool bind)
                       &hsmvault__v1__unbind_role_response__descriptor);
 }
 
-static int cmd_role_bind(vc *c, const cli *a) { return cmd_role_bind_or_unbind(c, a, true); }
-static int cmd_role_unbind(vc *c, const cli *a) { return cmd_role_bind_or_unbind(c, a, false); }
+static int cmd_role_bind(vc *c, const cli *a)
+{
+    return cmd_role_bind_or_unbind(c, a, true);
+}
+static int cmd_role_unbind(vc *c, const cli *a)
+{
+    return cmd_role_bind_or_unbind(c, a, false);
+}
 
 static int cmd_role_list(vc *c, const cli *a)
 {
@@ -320,7 +342,8 @@ static int cmd_env_apply(vc *c, const cli *a)
     NEED(env, "env");
     Hsmvault__V1__ApplyKeyRequest req = HSMVAULT__V1__APPLY_KEY_REQUEST__INIT;
     req.environment_id = (char *)(uintptr_t)a->env;
-    return call_print(c, a, "/hsmvault.v1.Environments/ApplyKey", &req.base, &hsmvault__v1__environment__descriptor);
+    return call_print(c, a, "/hsmvault.v1.Environments/ApplyKey", &req.base,
+                      &hsmvault__v1__environment__descriptor);
 }
 
 static int cmd_env_return(vc *c, const cli *a)
@@ -339,7 +362,8 @@ static int cmd_key_generate(vc *c, const cli *a)
     NEED(name, "name");
     NEED(out, "out");
     if (access(a->out, F_OK) == 0) {
-        fprintf(stderr, "vaultctl: ALREADY_EXISTS: %s already exists; refusing to overwrite it\n", a->out);
+        fprintf(stderr, "vaultctl: ALREADY_EXISTS: %s already exists; refusing to overwrite it\n",
+                a->out);
         return EXIT_EXISTS;
     }
     kv_secret pw = KV_SECRET_INIT;
@@ -349,8 +373,9 @@ static int cmd_key_generate(vc *c, const cli *a)
     req.name = (char *)(uintptr_t)a->name;
     req.password = (ProtobufCBinaryData){pw.len, pw.data};
     Hsmvault__V1__GenerateKeyResponse *resp = NULL;
-    kv_result r = vc_call(c, "/hsmvault.v1.TenantKeys/GenerateKey", &req.base,
-                          &hsmvault__v1__generate_key_response__descriptor, (ProtobufCMessage **)&resp);
+    kv_result r =
+        vc_call(c, "/hsmvault.v1.TenantKeys/GenerateKey", &req.base,
+                &hsmvault__v1__generate_key_response__descriptor, (ProtobufCMessage **)&resp);
     kv_secret_free(&pw);
     if (kv_failed(r)) return fail();
     r = kv_file_write_new(a->out, resp->pfx.data, resp->pfx.len, 0600);
@@ -360,7 +385,9 @@ static int cmd_key_generate(vc *c, const cli *a)
         kv_error_context("the key was generated but its PFX could not be saved");
         return fail();
     }
-    if (!a->json) fprintf(stderr, "vaultctl: PFX written to %s (mode 0600); keep it and its password safe\n", a->out);
+    if (!a->json)
+        fprintf(stderr, "vaultctl: PFX written to %s (mode 0600); keep it and its password safe\n",
+                a->out);
     return EXIT_OK;
 }
 
@@ -386,7 +413,8 @@ static int cmd_key_upload(vc *c, const cli *a)
     req.tenant_id = (char *)(uintptr_t)a->tenant;
     req.name = (char *)(uintptr_t)a->name;
     req.material = &m;
-    int rc = call_print(c, a, "/hsmvault.v1.TenantKeys/UploadKey", &req.base, &hsmvault__v1__tenant_key__descriptor);
+    int rc = call_print(c, a, "/hsmvault.v1.TenantKeys/UploadKey", &req.base,
+                        &hsmvault__v1__tenant_key__descriptor);
     kv_secret_free(&pw);
     kv_pb_buf_free(file, len);
     return rc;
@@ -397,7 +425,8 @@ static int cmd_key_list(vc *c, const cli *a)
     NEED(tenant, "tenant");
     Hsmvault__V1__ListKeysRequest req = HSMVAULT__V1__LIST_KEYS_REQUEST__INIT;
     req.tenant_id = (char *)(uintptr_t)a->tenant;
-    return call_print(c, a, "/hsmvault.v1.TenantKeys/ListKeys", &req.base, &hsmvault__v1__list_keys_response__descriptor);
+    return call_print(c, a, "/hsmvault.v1.TenantKeys/ListKeys", &req.base,
+                      &hsmvault__v1__list_keys_response__descriptor);
 }
 
 static int cmd_key_activate(vc *c, const cli *a)
@@ -407,21 +436,25 @@ static int cmd_key_activate(vc *c, const cli *a)
     Hsmvault__V1__ActivateKeyRequest req = HSMVAULT__V1__ACTIVATE_KEY_REQUEST__INIT;
     req.tenant_id = (char *)(uintptr_t)a->tenant;
     req.key_id = (char *)(uintptr_t)a->key;
-    return call_print(c, a, "/hsmvault.v1.TenantKeys/ActivateKey", &req.base, &hsmvault__v1__tenant_key__descriptor);
+    return call_print(c, a, "/hsmvault.v1.TenantKeys/ActivateKey", &req.base,
+                      &hsmvault__v1__tenant_key__descriptor);
 }
 
 /* Prints a database and a check value of its DEK (SHA-256, never the key). */
-static void print_dek_result(const cli *a, const char *env, const char *db, const kv_secret *dek, uint32_t lease)
+static void print_dek_result(const cli *a, const char *env, const char *db, const kv_secret *dek,
+                             uint32_t lease)
 {
     uint8_t digest[SHA256_DIGEST_LENGTH];
     char hex[2 * SHA256_DIGEST_LENGTH + 1];
     SHA256(dek->data, dek->len, digest);
     kv_hex_encode(digest, sizeof(digest), hex);
     if (a->json)
-        printf("{\"environment_id\":\"%s\",\"database_id\":\"%s\",\"dek_sha256\":\"%s\",\"lease_seconds\":%u}\n", env,
-               db, hex, lease);
+        printf("{\"environment_id\":\"%s\",\"database_id\":\"%s\",\"dek_sha256\":\"%s\",\"lease_"
+               "seconds\":%u}\n",
+               env, db, hex, lease);
     else
-        printf("environment_id: %s\ndatabase_id: %s\ndek_sha256: %s\nlease_seconds: %u\n", env, db, hex, lease);
+        printf("environment_id: %s\ndatabase_id: %s\ndek_sha256: %s\nlease_seconds: %u\n", env, db,
+               hex, lease);
 }
 
 static int cmd_db_create(vc *c, const cli *a)
@@ -431,7 +464,8 @@ static int cmd_db_create(vc *c, const cli *a)
     char id[64];
     kv_secret dek = KV_SECRET_INIT;
     uint32_t lease = 0;
-    if (kv_failed(vc_database_key_create(c, a->env, a->name, id, sizeof(id), &dek, &lease))) return fail();
+    if (kv_failed(vc_database_key_create(c, a->env, a->name, id, sizeof(id), &dek, &lease)))
+        return fail();
     print_dek_result(a, a->env, id, &dek, lease);
     kv_secret_free(&dek);
     return EXIT_OK;
@@ -458,7 +492,10 @@ static int cmd_db_list(vc *c, const cli *a)
                       &hsmvault__v1__list_databases_response__descriptor);
 }
 
-static const char *yn(protobuf_c_boolean b) { return b ? "yes" : "no"; }
+static const char *yn(protobuf_c_boolean b)
+{
+    return b ? "yes" : "no";
+}
 
 static int cmd_audit_token(vc *c, const cli *a)
 {
@@ -469,24 +506,29 @@ static int cmd_audit_token(vc *c, const cli *a)
     /* Text: one row per object, the attributes an HSM operator checks. */
     Hsmvault__V1__ListTokenObjectsResponse *l = NULL;
     if (kv_failed(vc_call(c, "/hsmvault.v1.Audit/ListTokenObjects", &req.base,
-                          &hsmvault__v1__list_token_objects_response__descriptor, (ProtobufCMessage **)&l)))
+                          &hsmvault__v1__list_token_objects_response__descriptor,
+                          (ProtobufCMessage **)&l)))
         return fail();
-    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-12s %-10s %s\n", "CLASS", "TYPE", "BITS", "SENS",
-           "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT", "STATE", "LABEL");
+    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-12s %-10s %s\n", "CLASS", "TYPE",
+           "BITS", "SENS", "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT", "STATE",
+           "LABEL");
     for (size_t i = 0; i < l->n_objects; i++) {
         const Hsmvault__V1__TokenObject *o = l->objects[i];
         char ops[64];
-        snprintf(ops, sizeof(ops), "%s%s%s%s%s", o->can_decrypt ? "decrypt," : "", o->can_unwrap ? "unwrap," : "",
-                 o->can_encrypt ? "encrypt," : "", o->can_wrap ? "wrap," : "", o->can_sign ? "sign," : "");
+        snprintf(ops, sizeof(ops), "%s%s%s%s%s", o->can_decrypt ? "decrypt," : "",
+                 o->can_unwrap ? "unwrap," : "", o->can_encrypt ? "encrypt," : "",
+                 o->can_wrap ? "wrap," : "", o->can_sign ? "sign," : "");
         size_t n = strlen(ops);
         if (n > 0) ops[n - 1] = '\0';
-        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-12s %-10s %s\n", o->object_class, o->key_type,
-               o->bits, yn(o->sensitive), yn(o->extractable), yn(o->never_extractable), yn(o->always_sensitive),
-               yn(o->private_), ops[0] ? ops : "-", o->vault_role, o->vault_state[0] ? o->vault_state : "-",
-               o->label);
+        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-12s %-10s %s\n", o->object_class,
+               o->key_type, o->bits, yn(o->sensitive), yn(o->extractable), yn(o->never_extractable),
+               yn(o->always_sensitive), yn(o->private_), ops[0] ? ops : "-", o->vault_role,
+               o->vault_state[0] ? o->vault_state : "-", o->label);
     }
-    printf("%zu objects.  SENS sensitive, EXTR extractable, NEVER never extractable, ALWAYS always sensitive\n"
-           "(keys imported from a PFX are NEVER/ALWAYS no by PKCS#11's definition), PRIV private object.\n",
+    printf("%zu objects.  SENS sensitive, EXTR extractable, NEVER never extractable, ALWAYS always "
+           "sensitive\n"
+           "(keys imported from a PFX are NEVER/ALWAYS no by PKCS#11's definition), PRIV private "
+           "object.\n",
            l->n_objects);
     kv_pb_free(&l->base);
     return EXIT_OK;
@@ -522,67 +564,106 @@ static const cmd commands[] = {
      "encrypt an environment with the tenant's active key (environment-admin)"},
     {"env", "return-key", cmd_env_return, "--env E [--confirm NAME]",
      "return an environment to the service key; production needs its name (environment-admin)"},
-    {"key", "generate", cmd_key_generate, "--tenant T --name N --out FILE [--password-file F | --password-stdin]",
+    {"key", "generate", cmd_key_generate,
+     "--tenant T --name N --out FILE [--password-file F | --password-stdin]",
      "generate an RSA-2048 tenant key; its PFX is written to FILE (tenant-admin)"},
-    {"key", "upload", cmd_key_upload, "--tenant T --name N --pfx FILE [--password-file F | --password-stdin]",
+    {"key", "upload", cmd_key_upload,
+     "--tenant T --name N --pfx FILE [--password-file F | --password-stdin]",
      "upload a tenant key from a password-protected PFX (tenant-admin)"},
     {"key", "list", cmd_key_list, "--tenant T", "list tenant keys with state and fingerprint"},
-    {"key", "activate", cmd_key_activate, "--tenant T --key K", "activate an available key (tenant-admin)"},
+    {"key", "activate", cmd_key_activate, "--tenant T --key K",
+     "activate an available key (tenant-admin)"},
     {"db", "create", cmd_db_create, "--env E --name N",
      "create a database DEK; prints its id and a SHA-256 check value (storage-node)"},
     {"db", "unwrap", cmd_db_unwrap, "--env E --db D",
      "unwrap a database DEK; prints its SHA-256 check value, never the key (storage-node)"},
     {"db", "list", cmd_db_list, "--env E", "list an environment's databases"},
-    {"audit", "token", cmd_audit_token, "", "list token objects with security attributes (auditor)"},
-    {"clock", "advance", cmd_clock_advance, "--seconds N", "move the vault clock (test builds only; operator)"},
+    {"audit", "token", cmd_audit_token, "",
+     "list token objects with security attributes (auditor)"},
+    {"clock", "advance", cmd_clock_advance, "--seconds N",
+     "move the vault clock (test builds only; operator)"},
 };
 
 static void command_help(FILE *f, const cmd *c)
 {
-    fprintf(f, "usage: vaultctl %s%s%s [--config PROFILE] [--json] %s\n\n%s.\n", c->group, c->verb ? " " : "",
-            c->verb ? c->verb : "", c->args, c->help);
+    fprintf(f, "usage: vaultctl %s%s%s [--config PROFILE] [--json] %s\n\n%s.\n", c->group,
+            c->verb ? " " : "", c->verb ? c->verb : "", c->args, c->help);
     if (strstr(c->args, "password") != NULL)
-        fprintf(f, "\nThe password comes from --password-file FILE (its first line), --password-stdin, or a\n"
+        fprintf(f, "\nThe password comes from --password-file FILE (its first line), "
+                   "--password-stdin, or a\n"
                    "no-echo prompt on the terminal; never from the command line.\n");
-    fprintf(f, "\nThe profile comes from --config or $VAULTCTL_CONFIG.  See `vaultctl --help` for exit codes.\n");
+    fprintf(f, "\nThe profile comes from --config or $VAULTCTL_CONFIG.  See `vaultctl --help` for "
+               "exit codes.\n");
 }
 
 static void help(FILE *f)
 {
-    fprintf(f, "usage: vaultctl [--config PROFILE] [--json] <command> [options]\n\n"
-               "Drives an hsmvault vaultd over mTLS.  The profile (a file with target, server_name, ca,\n"
-               "cert, key) comes from --config or $VAULTCTL_CONFIG; vaultd --dev writes one per role\n"
-               "under <state>/clients/.\n\nCommands:\n");
+    fprintf(
+        f,
+        "usage: vaultctl [--config PROFILE] [--json] <command> [options]\n\n"
+        "Drives an hsmvault vaultd over mTLS.  The profile (a file with target, server_name, ca,\n"
+        "cert, key) comes from --config or $VAULTCTL_CONFIG; vaultd --dev writes one per role\n"
+        "under <state>/clients/.\n\nCommands:\n");
     for (size_t i = 0; i < KV_ARRAY_LEN(commands); i++) {
         char head[64];
         snprintf(head, sizeof(head), "%s%s%s", commands[i].group, commands[i].verb ? " " : "",
                  commands[i].verb ? commands[i].verb : "");
         fprintf(f, "  %-26s %s\n  %-26s   %s\n", head, commands[i].help, "", commands[i].args);
     }
-    fprintf(f, "\nPasswords: --password-file FILE, --password-stdin, or a no-echo prompt; never on the\n"
-               "command line.  Output: text, or one JSON object with --json.  Key bytes are never printed.\n\n"
-               "Exit codes: 0 ok, 1 other error, 2 usage, 3 invalid argument, 4 not found,\n"
-               "5 permission denied or unauthenticated, 6 failed precondition, 7 vault unavailable or\n"
-               "deadline exceeded, 8 already exists, 9 not implemented.\n");
+    fprintf(
+        f,
+        "\nPasswords: --password-file FILE, --password-stdin, or a no-echo prompt; never on the\n"
+        "command line.  Output: text, or one JSON object with --json.  Key bytes are never "
+        "printed.\n\n"
+        "Exit codes: 0 ok, 1 other error, 2 usage, 3 invalid argument, 4 not found,\n"
+        "5 permission denied or unauthenticated, 6 failed precondition, 7 vault unavailable or\n"
+        "deadline exceeded, 8 already exists, 9 not implemented.\n");
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_CONFIG = 256, O_JSON, O_NAME, O_TENANT, O_ENV, O_KEY, O_DB, O_PRINCIPAL, O_ROLE, O_TYPE,
-           O_SUB, O_CONTACT, O_OUT, O_PFX, O_PWFILE, O_PWSTDIN, O_CONFIRM, O_SECONDS, O_HELP };
+    enum {
+        O_CONFIG = 256,
+        O_JSON,
+        O_NAME,
+        O_TENANT,
+        O_ENV,
+        O_KEY,
+        O_DB,
+        O_PRINCIPAL,
+        O_ROLE,
+        O_TYPE,
+        O_SUB,
+        O_CONTACT,
+        O_OUT,
+        O_PFX,
+        O_PWFILE,
+        O_PWSTDIN,
+        O_CONFIRM,
+        O_SECONDS,
+        O_HELP
+    };
     static const struct option opts[] = {
-        {"config", required_argument, NULL, O_CONFIG}, {"json", no_argument, NULL, O_JSON},
-        {"name", required_argument, NULL, O_NAME},     {"tenant", required_argument, NULL, O_TENANT},
-        {"env", required_argument, NULL, O_ENV},       {"key", required_argument, NULL, O_KEY},
-        {"db", required_argument, NULL, O_DB},         {"principal", required_argument, NULL, O_PRINCIPAL},
-        {"role", required_argument, NULL, O_ROLE},     {"type", required_argument, NULL, O_TYPE},
+        {"config", required_argument, NULL, O_CONFIG},
+        {"json", no_argument, NULL, O_JSON},
+        {"name", required_argument, NULL, O_NAME},
+        {"tenant", required_argument, NULL, O_TENANT},
+        {"env", required_argument, NULL, O_ENV},
+        {"key", required_argument, NULL, O_KEY},
+        {"db", required_argument, NULL, O_DB},
+        {"principal", required_argument, NULL, O_PRINCIPAL},
+        {"role", required_argument, NULL, O_ROLE},
+        {"type", required_argument, NULL, O_TYPE},
         {"subscription", required_argument, NULL, O_SUB},
         {"admin-contact", required_argument, NULL, O_CONTACT},
-        {"out", required_argument, NULL, O_OUT},       {"pfx", required_argument, NULL, O_PFX},
+        {"out", required_argument, NULL, O_OUT},
+        {"pfx", required_argument, NULL, O_PFX},
         {"password-file", required_argument, NULL, O_PWFILE},
         {"password-stdin", no_argument, NULL, O_PWSTDIN},
-        {"confirm", required_argument, NULL, O_CONFIRM}, {"seconds", required_argument, NULL, O_SECONDS},
-        {"help", no_argument, NULL, O_HELP},           {NULL, 0, NULL, 0},
+        {"confirm", required_argument, NULL, O_CONFIRM},
+        {"seconds", required_argument, NULL, O_SECONDS},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
     };
     cli a = {0};
     const char *config = getenv("VAULTCTL_CONFIG");
@@ -599,35 +680,71 @@ int main(int argc, char **argv)
             continue;
         }
         switch (ch) {
-        case O_CONFIG: config = optarg; break;
-        case O_JSON: a.json = true; break;
-        case O_NAME: a.name = optarg; break;
-        case O_TENANT: a.tenant = optarg; break;
-        case O_ENV: a.env = optarg; break;
-        case O_KEY: a.key = optarg; break;
-        case O_DB: a.db = optarg; break;
-        case O_PRINCIPAL: a.principal = optarg; break;
-        case O_ROLE: a.role = optarg; break;
-        case O_TYPE: a.type = optarg; break;
-        case O_SUB: a.subscription = optarg; break;
+        case O_CONFIG:
+            config = optarg;
+            break;
+        case O_JSON:
+            a.json = true;
+            break;
+        case O_NAME:
+            a.name = optarg;
+            break;
+        case O_TENANT:
+            a.tenant = optarg;
+            break;
+        case O_ENV:
+            a.env = optarg;
+            break;
+        case O_KEY:
+            a.key = optarg;
+            break;
+        case O_DB:
+            a.db = optarg;
+            break;
+        case O_PRINCIPAL:
+            a.principal = optarg;
+            break;
+        case O_ROLE:
+            a.role = optarg;
+            break;
+        case O_TYPE:
+            a.type = optarg;
+            break;
+        case O_SUB:
+            a.subscription = optarg;
+            break;
         case O_CONTACT:
-            if (a.n_contacts == MAX_CONTACTS) return usage_error("at most 32 %s", "--admin-contact");
+            if (a.n_contacts == MAX_CONTACTS)
+                return usage_error("at most 32 %s", "--admin-contact");
             a.contacts[a.n_contacts++] = optarg;
             break;
-        case O_OUT: a.out = optarg; break;
-        case O_PFX: a.pfx = optarg; break;
-        case O_PWFILE: a.password_file = optarg; break;
-        case O_PWSTDIN: a.password_stdin = true; break;
-        case O_CONFIRM: a.confirm = optarg; break;
+        case O_OUT:
+            a.out = optarg;
+            break;
+        case O_PFX:
+            a.pfx = optarg;
+            break;
+        case O_PWFILE:
+            a.password_file = optarg;
+            break;
+        case O_PWSTDIN:
+            a.password_stdin = true;
+            break;
+        case O_CONFIRM:
+            a.confirm = optarg;
+            break;
         case O_SECONDS: {
             char *end = NULL;
             errno = 0;
             a.seconds = strtoll(optarg, &end, 10);
-            if (errno != 0 || end == optarg || *end != '\0') return usage_error("--seconds takes a number, not '%s'", optarg);
+            if (errno != 0 || end == optarg || *end != '\0')
+                return usage_error("--seconds takes a number, not '%s'", optarg);
             a.have_seconds = true;
             break;
         }
-        case O_HELP: want_help = true; break;
+        case O_HELP:
+            want_help = true;
+            break;
         default:
             return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
         }
@@ -639,17 +756,20 @@ int main(int argc, char **argv)
     const cmd *found = NULL;
     for (size_t i = 0; i < KV_ARRAY_LEN(commands) && found == NULL; i++) {
         if (strcmp(commands[i].group, words[0]) != 0) continue;
-        if (commands[i].verb == NULL ? n_words == 1 : (n_words == 2 && strcmp(commands[i].verb, words[1]) == 0))
+        if (commands[i].verb == NULL ? n_words == 1
+                                     : (n_words == 2 && strcmp(commands[i].verb, words[1]) == 0))
             found = &commands[i];
     }
-    if (found == NULL) return usage_error("unknown command '%s'", n_words == 2 ? words[1] : words[0]);
+    if (found == NULL)
+        return usage_error("unknown command '%s'", n_words == 2 ? words[1] : words[0]);
     if (want_help) {
         command_help(stdout, found);
         return EXIT_OK;
     }
     if (a.password_file != NULL && a.password_stdin)
         return usage_error("give only one of --password-file and %s", "--password-stdin");
-    if (config == NULL) return usage_error("no profile: give %s or set VAULTCTL_CONFIG", "--config PROFILE");
+    if (config == NULL)
+        return usage_error("no profile: give %s or set VAULTCTL_CONFIG", "--config PROFILE");
     vc_profile p;
     if (kv_failed(vc_profile_load(config, &p))) return fail();
     vc *c = NULL;

@@ -24,7 +24,8 @@ bool kv_ct_equal(const void *a, const void *b, size_t n)
     const volatile uint8_t *x = a;
     const volatile uint8_t *y = b;
     uint8_t diff = 0;
-    for (size_t i = 0; i < n; i++) diff |= (uint8_t)(x[i] ^ y[i]);
+    for (size_t i = 0; i < n; i++)
+        diff |= (uint8_t)(x[i] ^ y[i]);
     return diff == 0;
 }
 
@@ -120,7 +121,10 @@ void kv_secret_free(kv_secret *s)
     memset(s, 0, sizeof(*s));
 }
 
-void kv_secret_freep(kv_secret *s) { kv_secret_free(s); }
+void kv_secret_freep(kv_secret *s)
+{
+    kv_secret_free(s);
+}
 
 void kv_secret_clear(kv_secret *s)
 {

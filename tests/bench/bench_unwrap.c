@@ -76,7 +76,8 @@ static void *vault_worker(void *arg)
     while (!atomic_load(&stop)) {
         kv_secret dek = KV_SECRET_INIT;
         uint32_t lease;
-        if (kv_failed(vc_database_key_unwrap(c, env_id, db_ids[i++ % (unsigned)n_dbs], &dek, &lease)))
+        if (kv_failed(
+                vc_database_key_unwrap(c, env_id, db_ids[i++ % (unsigned)n_dbs], &dek, &lease)))
             DIE("unwrap through vaultd");
         kv_secret_free(&dek);
         n++;
@@ -90,7 +91,8 @@ static double cpu_self(void)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static double cpu_vaultd(void)
@@ -105,7 +107,9 @@ static double cpu_vaultd(void)
     buf[n] = '\0';
     const char *p = strrchr(buf, ')'); /* fields after "(comm)" */
     unsigned long long ut = 0, st = 0;
-    if (p == NULL || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2) return 0;
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return 0;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
@@ -120,10 +124,12 @@ static double run(int n, void *(*fn)(void *), void **args, double seconds)
     atomic_store(&done, 0);
     double c0 = cpu_self(), v0 = cpu_vaultd();
     int64_t t0 = kv_clock_mono_ms();
-    for (int i = 0; i < n; i++) pthread_create(&th[i], NULL, fn, args ? args[i] : NULL);
+    for (int i = 0; i < n; i++)
+        pthread_create(&th[i], NULL, fn, args ? args[i] : NULL);
     usleep((useconds_t)(seconds * 1e6));
     atomic_store(&stop, 1);
-    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
     int64_t t1 = kv_clock_mono_ms();
     last_ops = (double)atomic_load(&done);
     last_cpu_self = cpu_self() - c0;
@@ -140,8 +146,8 @@ static void setup_vault(vc *op, vc *sn)
     ct.n_admin_contacts = 1;
     ct.admin_contacts = contacts;
     Hsmvault__V1__Tenant *t = NULL;
-    if (kv_failed(vc_call(op, "/hsmvault.v1.Tenants/CreateTenant", &ct.base, &hsmvault__v1__tenant__descriptor,
-                          (ProtobufCMessage **)&t)))
+    if (kv_failed(vc_call(op, "/hsmvault.v1.Tenants/CreateTenant", &ct.base,
+                          &hsmvault__v1__tenant__descriptor, (ProtobufCMessage **)&t)))
         DIE("create tenant");
     Hsmvault__V1__CreateEnvironmentRequest ce = HSMVAULT__V1__CREATE_ENVIRONMENT_REQUEST__INIT;
     ce.tenant_id = t->id;
@@ -160,8 +166,8 @@ static void setup_vault(vc *op, vc *sn)
     Hsmvault__V1__BindRoleRequest br = HSMVAULT__V1__BIND_ROLE_REQUEST__INIT;
     br.binding = &b;
     Hsmvault__V1__RoleBinding *out = NULL;
-    if (kv_failed(vc_call(op, "/hsmvault.v1.Tenants/BindRole", &br.base, &hsmvault__v1__role_binding__descriptor,
-                          (ProtobufCMessage **)&out)))
+    if (kv_failed(vc_call(op, "/hsmvault.v1.Tenants/BindRole", &br.base,
+                          &hsmvault__v1__role_binding__descriptor, (ProtobufCMessage **)&out)))
         DIE("bind storage node");
     kv_pb_free(&out->base);
     kv_pb_free(&e->base);
@@ -171,7 +177,8 @@ static void setup_vault(vc *op, vc *sn)
         snprintf(name, sizeof(name), "db%02d", i);
         kv_secret dek = KV_SECRET_INIT;
         uint32_t lease;
-        if (kv_failed(vc_database_key_create(sn, env_id, name, db_ids[i], sizeof(db_ids[i]), &dek, &lease)))
+        if (kv_failed(vc_database_key_create(sn, env_id, name, db_ids[i], sizeof(db_ids[i]), &dek,
+                                             &lease)))
             DIE("create database key");
         kv_secret_free(&dek);
     }
@@ -183,8 +190,10 @@ static void setup_raw(void)
     snprintf(conf, sizeof(conf), "%s/softhsm2.conf", vd.state_dir);
     snprintf(pin, sizeof(pin), "%s/pin", vd.state_dir);
     setenv("SOFTHSM2_CONF", conf, 1);
-    hsm_config cfg = {.module_path = getenv("HSMVAULT_SOFTHSM_MODULE"), .token_label = "hsmvault-dev",
-                      .pin_file = pin, .sessions = sessions};
+    hsm_config cfg = {.module_path = getenv("HSMVAULT_SOFTHSM_MODULE"),
+                      .token_label = "hsmvault-dev",
+                      .pin_file = pin,
+                      .sessions = sessions};
     if (cfg.module_path == NULL) cfg.module_path = "/usr/lib/softhsm/libsofthsm2.so";
     if (kv_failed(hsm_open(&cfg, &tok))) DIE("open the token");
     uint8_t *spki = NULL;
@@ -193,7 +202,8 @@ static void setup_raw(void)
         DIE("generate the reference key");
     uint8_t dek[32];
     if (kv_failed(hsm_random(tok, dek, sizeof(dek)))) DIE("random");
-    if (kv_failed(rsa_oaep_encrypt(spki, spki_len, 0, dek, sizeof(dek), &raw_ct, &raw_ct_len))) DIE("encrypt");
+    if (kv_failed(rsa_oaep_encrypt(spki, spki_len, 0, dek, sizeof(dek), &raw_ct, &raw_ct_len)))
+        DIE("encrypt");
     free(spki);
 }
 
@@ -210,21 +220,32 @@ int main(int argc, char **argv)
                                          {NULL, 0, NULL, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        if (ch == 'c') callers = atoi(optarg);
-        else if (ch == 's') seconds = atof(optarg);
-        else if (ch == 'd') n_dbs = atoi(optarg);
-        else if (ch == 'r') rounds = atoi(optarg);
-        else if (ch == 'S') sessions = atoi(optarg);
-        else if (ch == 'w') workers = atoi(optarg);
+        if (ch == 'c')
+            callers = atoi(optarg);
+        else if (ch == 's')
+            seconds = atof(optarg);
+        else if (ch == 'd')
+            n_dbs = atoi(optarg);
+        else if (ch == 'r')
+            rounds = atoi(optarg);
+        else if (ch == 'S')
+            sessions = atoi(optarg);
+        else if (ch == 'w')
+            workers = atoi(optarg);
         else {
-            fprintf(stderr, "usage: bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]\n"
-                            "                    [--sessions N] [--workers N]\n");
+            fprintf(stderr,
+                    "usage: bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]\n"
+                    "                    [--sessions N] [--workers N]\n");
             return 2;
         }
     }
     if (workers == 0) workers = sessions;
-    if (sessions < 1 || sessions > 64 || workers < 1 || workers > 64 || callers < 1 || callers > 256 || seconds <= 0 || rounds < 1 || rounds > 100 || n_dbs < 1 || n_dbs > MAX_DBS) {
-        fprintf(stderr, "bench_unwrap: callers 1..256, seconds > 0, rounds 1..100, databases 1..%d\n", MAX_DBS);
+    if (sessions < 1 || sessions > 64 || workers < 1 || workers > 64 || callers < 1 ||
+        callers > 256 || seconds <= 0 || rounds < 1 || rounds > 100 || n_dbs < 1 ||
+        n_dbs > MAX_DBS) {
+        fprintf(stderr,
+                "bench_unwrap: callers 1..256, seconds > 0, rounds 1..100, databases 1..%d\n",
+                MAX_DBS);
         return 2;
     }
     char tmp[256], state[300];
@@ -243,11 +264,12 @@ int main(int argc, char **argv)
 
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     setvbuf(stdout, NULL, _IOLBF, 0);
-    printf("bench_unwrap: RSA-2048 OAEP-SHA1 in SoftHSM, %ld CPUs, %d rounds of %.1f s per path\n", cpus, rounds,
-           seconds);
-    printf("  raw:   %d threads on %d token sessions, C_Decrypt in this process\n", sessions, sessions);
-    printf("  vault: %d callers (own mTLS channel each) -> vaultd with %d workers / %d sessions\n", callers,
-           workers, sessions);
+    printf("bench_unwrap: RSA-2048 OAEP-SHA1 in SoftHSM, %ld CPUs, %d rounds of %.1f s per path\n",
+           cpus, rounds, seconds);
+    printf("  raw:   %d threads on %d token sessions, C_Decrypt in this process\n", sessions,
+           sessions);
+    printf("  vault: %d callers (own mTLS channel each) -> vaultd with %d workers / %d sessions\n",
+           callers, workers, sessions);
     void *args[256];
     for (int i = 0; i < callers; i++) {
         args[i] = vaultd_proc_client(&vd, "storage-node");
@@ -269,11 +291,14 @@ int main(int argc, char **argv)
         raw_sum += raw;
         vault_sum += vault;
     }
-    printf("  mean:    raw %7.0f decrypts/s   vault %7.0f unwraps/s   ratio %.2f (target >= 0.70)\n",
-           raw_sum / rounds, vault_sum / rounds, vault_sum / raw_sum);
+    printf(
+        "  mean:    raw %7.0f decrypts/s   vault %7.0f unwraps/s   ratio %.2f (target >= 0.70)\n",
+        raw_sum / rounds, vault_sum / rounds, vault_sum / raw_sum);
 
-    for (int i = 0; i < callers; i++) vc_close(args[i]);
-    if (kv_failed(hsm_key_destroy(tok, &raw_key))) fprintf(stderr, "bench_unwrap: reference key not destroyed: %s\n", kv_error_msg());
+    for (int i = 0; i < callers; i++)
+        vc_close(args[i]);
+    if (kv_failed(hsm_key_destroy(tok, &raw_key)))
+        fprintf(stderr, "bench_unwrap: reference key not destroyed: %s\n", kv_error_msg());
     hsm_close(tok);
     free(raw_ct);
     vc_close(op);

@@ -26,9 +26,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     vaultd_config c;
     vaultd_config_defaults(&c);
-    if (kv_ok(vaultd_config_load(path, &c)) && kv_ok(vaultd_config_check(&c)) && c.workers == 0) abort();
+    if (kv_ok(vaultd_config_load(path, &c)) && kv_ok(vaultd_config_check(&c)) && c.workers == 0)
+        abort();
     vc_profile p;
-    if (kv_ok(vc_profile_load(path, &p)) && p.target[0] == '\0') abort(); /* a loaded profile has a target */
+    if (kv_ok(vc_profile_load(path, &p)) && p.target[0] == '\0')
+        abort(); /* a loaded profile has a target */
     close(fd);
     return 0;
 }

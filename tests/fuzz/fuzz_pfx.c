@@ -13,14 +13,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         kv_secret pw = KV_SECRET_INIT, key = KV_SECRET_INIT;
         const char *p = passwords[i];
         size_t n = 0;
-        while (p[n]) n++;
+        while (p[n])
+            n++;
         if (kv_failed(kv_secret_from(&pw, p, n))) abort();
         uint8_t *spki = NULL;
         size_t spki_len = 0;
         if (kv_ok(pfx_open(data, size, &pw, &key, &spki, &spki_len))) {
             /* Success means a real RSA-2048 key came out. */
             unsigned bits = 0;
-            if (kv_failed(spki_rsa_bits(spki, spki_len, &bits)) || bits != 2048 || key.len == 0) abort();
+            if (kv_failed(spki_rsa_bits(spki, spki_len, &bits)) || bits != 2048 || key.len == 0)
+                abort();
         } else if (key.data != NULL || spki != NULL) {
             abort(); /* a failure must leave nothing behind */
         }

@@ -50,9 +50,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t out[4096];
         size_t n = 0;
         /* Whatever decodes must fit and re-encode to the same length class. */
-        if (kv_ok(kv_base64_decode((const char *)data, size, KV_B64_STD, out, sizeof(out), &n)) && n > sizeof(out))
+        if (kv_ok(kv_base64_decode((const char *)data, size, KV_B64_STD, out, sizeof(out), &n)) &&
+            n > sizeof(out))
             abort();
-        if (kv_ok(kv_base64_decode((const char *)data, size, KV_B64_URL, out, sizeof(out), &n)) && n > sizeof(out))
+        if (kv_ok(kv_base64_decode((const char *)data, size, KV_B64_URL, out, sizeof(out), &n)) &&
+            n > sizeof(out))
             abort();
     }
     return 0;

@@ -56,7 +56,8 @@ static kv_result create_tenant(vc *c, const char *name, const char *sub, char *i
     Hsmvault__V1__Tenant *t = NULL;
     kv_result r = CALL(c, M("Tenants", "CreateTenant"), req, tenant, &t);
     if (kv_ok(r) && id_out) snprintf(id_out, 64, "%s", t->id);
-    if (kv_ok(r) && c == op && id_out == tenant) snprintf(svc_fpr, sizeof(svc_fpr), "%s", t->service_key_fingerprint);
+    if (kv_ok(r) && c == op && id_out == tenant)
+        snprintf(svc_fpr, sizeof(svc_fpr), "%s", t->service_key_fingerprint);
     kv_pb_free(t ? &t->base : NULL);
     return r;
 }
@@ -77,8 +78,8 @@ static kv_result bind(vc *c, const char *principal, Hsmvault__V1__Role role, con
     return r;
 }
 
-static kv_result create_env(vc *c, const char *t, const char *name, Hsmvault__V1__EnvironmentType ty,
-                            char *id_out)
+static kv_result create_env(vc *c, const char *t, const char *name,
+                            Hsmvault__V1__EnvironmentType ty, char *id_out)
 {
     Hsmvault__V1__CreateEnvironmentRequest req = HSMVAULT__V1__CREATE_ENVIRONMENT_REQUEST__INIT;
     req.tenant_id = (char *)t;
@@ -162,8 +163,8 @@ static kv_result upload(const char *t, const char *name, const uint8_t *pfx, siz
     return r;
 }
 
-static kv_result upload_file(const char *t, const char *name, const char *file, const char *password,
-                             char *id_out)
+static kv_result upload_file(const char *t, const char *name, const char *file,
+                             const char *password, char *id_out)
 {
     char path[512];
     uint8_t *data = NULL;
@@ -227,25 +228,39 @@ static void make_fixtures(void)
 {
     /* Password files, then keys and PFX files made by the openssl CLI. */
     CHECK(kv_test_sh("cd %s && printf '%%s' '" PASSWORD "' > pw && umask 077 && "
-                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048.pem 2>/dev/null && "
-                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048b.pem 2>/dev/null && "
-                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048c.pem 2>/dev/null && "
-                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out k1024.pem 2>/dev/null && "
-                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 -out k4096.pem 2>/dev/null && "
-                     "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out kec.pem 2>/dev/null",
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048.pem "
+                     "2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048b.pem "
+                     "2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out k2048c.pem "
+                     "2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out k1024.pem "
+                     "2>/dev/null && "
+                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:4096 -out k4096.pem "
+                     "2>/dev/null && "
+                     "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out kec.pem "
+                     "2>/dev/null",
                      tmp) == 0);
     const char *keys[] = {"k2048", "k1024", "k4096", "kec"};
     for (size_t i = 0; i < 4; i++)
-        CHECK(kv_test_sh("cd %s && openssl req -x509 -new -key %s.pem -subj /CN=%s -days 30 -out %s.crt && "
-                         "openssl pkcs12 -export -inkey %s.pem -in %s.crt -passout file:pw -out %s.pfx",
-                         tmp, keys[i], keys[i], keys[i], keys[i], keys[i], keys[i]) == 0);
+        CHECK(
+            kv_test_sh(
+                "cd %s && openssl req -x509 -new -key %s.pem -subj /CN=%s -days 30 -out %s.crt && "
+                "openssl pkcs12 -export -inkey %s.pem -in %s.crt -passout file:pw -out %s.pfx",
+                tmp, keys[i], keys[i], keys[i], keys[i], keys[i], keys[i]) == 0);
     /* A legacy (3DES/RC2) file, and one without a certificate. */
-    CHECK(kv_test_sh("cd %s && openssl req -x509 -new -key k2048b.pem -subj /CN=legacy -days 30 -out k2048b.crt && "
-                     "openssl pkcs12 -export -legacy -inkey k2048b.pem -in k2048b.crt -passout file:pw -out legacy.pfx && "
-                     "openssl pkcs12 -export -nocerts -inkey k2048c.pem -passout file:pw -out nocert.pfx",
-                     tmp) == 0);
+    CHECK(kv_test_sh(
+              "cd %s && openssl req -x509 -new -key k2048b.pem -subj /CN=legacy -days 30 -out "
+              "k2048b.crt && "
+              "openssl pkcs12 -export -legacy -inkey k2048b.pem -in k2048b.crt -passout file:pw "
+              "-out legacy.pfx && "
+              "openssl pkcs12 -export -nocerts -inkey k2048c.pem -passout file:pw -out nocert.pfx",
+              tmp) == 0);
     /* Garbage and a truncated PFX. */
-    CHECK(kv_test_sh("cd %s && head -c 3000 /dev/urandom > garbage.pfx && head -c 700 k2048.pfx > trunc.pfx", tmp) == 0);
+    CHECK(
+        kv_test_sh(
+            "cd %s && head -c 3000 /dev/urandom > garbage.pfx && head -c 700 k2048.pfx > trunc.pfx",
+            tmp) == 0);
 }
 
 /* ---- the scenario ---------------------------------------------------------- */
@@ -310,31 +325,41 @@ static void test_tenants(void)
      * environment scope once the environments exist. */
     CHECK_OK(bind(op, URI("tenant-admin"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, tenant, NULL));
     CHECK_OK(bind(op, URI("tenant-admin"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, tenant2, NULL));
-    CHECK_OK(bind(op, URI("environment-admin"), HSMVAULT__V1__ROLE__ROLE_ENVIRONMENT_ADMIN, tenant, NULL));
-    CHECK_ERR(bind(op, URI("x"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, "tnt-0000000000000000", NULL),
-              KV_ERR_NOT_FOUND);
+    CHECK_OK(bind(op, URI("environment-admin"), HSMVAULT__V1__ROLE__ROLE_ENVIRONMENT_ADMIN, tenant,
+                  NULL));
+    CHECK_ERR(
+        bind(op, URI("x"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, "tnt-0000000000000000", NULL),
+        KV_ERR_NOT_FOUND);
     CHECK_ERR(bind(ta, URI("tenant-admin"), HSMVAULT__V1__ROLE__ROLE_OPERATOR, NULL, NULL),
               KV_ERR_PERMISSION_DENIED);
 }
 
 static void test_environments_and_service_key_deks(void)
 {
-    CHECK_OK(create_env(op, tenant, "prod-eu", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_PRODUCTION, env_prod));
-    CHECK_OK(create_env(op, tenant, "sandbox-1", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, env_sbx));
-    CHECK_OK(create_env(op, tenant2, "t2-prod", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_PRODUCTION, env_t2));
-    CHECK_ERR(create_env(op, tenant, "no-type", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_UNSPECIFIED, NULL),
+    CHECK_OK(create_env(op, tenant, "prod-eu",
+                        HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_PRODUCTION, env_prod));
+    CHECK_OK(create_env(op, tenant, "sandbox-1",
+                        HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, env_sbx));
+    CHECK_OK(create_env(op, tenant2, "t2-prod",
+                        HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_PRODUCTION, env_t2));
+    CHECK_ERR(create_env(op, tenant, "no-type",
+                         HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_UNSPECIFIED, NULL),
               KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(create_env(op, "tnt-0000000000000000", "x", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, NULL),
+    CHECK_ERR(create_env(op, "tnt-0000000000000000", "x",
+                         HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, NULL),
               KV_ERR_NOT_FOUND);
-    CHECK_ERR(create_env(ea, tenant, "by-env-admin", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, NULL),
+    CHECK_ERR(create_env(ea, tenant, "by-env-admin",
+                         HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, NULL),
               KV_ERR_PERMISSION_DENIED);
 
     /* The storage node is bound to both environments of tenant 1 (one
      * binding each) and to nothing in tenant 2. */
-    CHECK_OK(bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant, env_prod));
+    CHECK_OK(
+        bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant, env_prod));
     CHECK_OK(bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant, env_sbx));
-    CHECK_ERR(bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant2, env_prod),
-              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(
+        bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant2, env_prod),
+        KV_ERR_INVALID_ARGUMENT);
 
     char id[64];
     kv_secret dek = KV_SECRET_INIT;
@@ -353,9 +378,11 @@ static void test_environments_and_service_key_deks(void)
     CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
     CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
     /* Same name twice in one environment; wrong environment; not bound. */
-    CHECK_ERR(vc_database_key_create(sn, env_prod, "orders", id, sizeof(id), &dek, &lease), KV_ERR_ALREADY_EXISTS);
+    CHECK_ERR(vc_database_key_create(sn, env_prod, "orders", id, sizeof(id), &dek, &lease),
+              KV_ERR_ALREADY_EXISTS);
     CHECK_ERR(unwrap_same(sn, env_sbx, db_prod, dek_prod), KV_ERR_NOT_FOUND);
-    CHECK_ERR(vc_database_key_create(sn, env_t2, "x", id, sizeof(id), &dek, &lease), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(vc_database_key_create(sn, env_t2, "x", id, sizeof(id), &dek, &lease),
+              KV_ERR_PERMISSION_DENIED);
     CHECK_ERR(unwrap_same(sn, env_t2, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
     /* Nobody but a storage node unwraps, the operator included. */
     CHECK_ERR(unwrap_same(op, env_prod, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
@@ -374,11 +401,14 @@ static void test_generate_key(void)
     Hsmvault__V1__GenerateKeyResponse *g = NULL;
 
     /* Self-managed keys are off until the operator enables them. */
-    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_FAILED_PRECONDITION);
-    Hsmvault__V1__EnableSelfManagedKeysRequest en = HSMVAULT__V1__ENABLE_SELF_MANAGED_KEYS_REQUEST__INIT;
+    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g),
+              KV_ERR_FAILED_PRECONDITION);
+    Hsmvault__V1__EnableSelfManagedKeysRequest en =
+        HSMVAULT__V1__ENABLE_SELF_MANAGED_KEYS_REQUEST__INIT;
     Hsmvault__V1__Tenant *t = NULL;
     en.tenant_id = tenant;
-    CHECK_ERR(CALL(ta, M("Tenants", "EnableSelfManagedKeys"), en, tenant, &t), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(ta, M("Tenants", "EnableSelfManagedKeys"), en, tenant, &t),
+              KV_ERR_PERMISSION_DENIED);
     CHECK_OK(CALL(op, M("Tenants", "EnableSelfManagedKeys"), en, tenant, &t));
     if (t) CHECK(t->self_managed_keys);
     kv_pb_free(t ? &t->base : NULL);
@@ -389,12 +419,16 @@ static void test_generate_key(void)
 
     /* Weak password, other roles, out of scope. */
     req.password.len = 3;
-    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g),
+              KV_ERR_INVALID_ARGUMENT);
     req.password.len = strlen(PASSWORD);
-    CHECK_ERR(CALL(op, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_PERMISSION_DENIED);
-    CHECK_ERR(CALL(ea, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(op, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g),
+              KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(ea, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g),
+              KV_ERR_PERMISSION_DENIED);
     req.tenant_id = tenant3;
-    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), req, generate_key_response, &g),
+              KV_ERR_PERMISSION_DENIED);
     req.tenant_id = tenant;
 
     size_t objects_before = token_object_count();
@@ -413,20 +447,28 @@ static void test_generate_key(void)
     char path[512], fpr[80];
     snprintf(path, sizeof(path), "%s/generated.pfx", tmp);
     CHECK_OK(kv_file_write_new(path, g->pfx.data, g->pfx.len, 0600));
-    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -nokeys -clcerts 2>/dev/null | "
-                     "openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum > gen.fpr",
-                     tmp) == 0);
+    CHECK(
+        kv_test_sh(
+            "cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -nokeys -clcerts "
+            "2>/dev/null | "
+            "openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum > gen.fpr",
+            tmp) == 0);
     read_line("gen.fpr", fpr, sizeof(fpr));
     CHECK(strncmp(fpr, g->key->fingerprint, 64) == 0);
-    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -info -noout > gen.info 2>&1 && "
-                     "grep -q 'PBES2, PBKDF2, AES-256-CBC, Iteration [0-9]*, PRF hmacWithSHA256' gen.info && "
+    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -info -noout > "
+                     "gen.info 2>&1 && "
+                     "grep -q 'PBES2, PBKDF2, AES-256-CBC, Iteration [0-9]*, PRF hmacWithSHA256' "
+                     "gen.info && "
                      "grep -q 'MAC: sha256' gen.info",
                      tmp) == 0);
-    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -nokeys -clcerts 2>/dev/null | "
-                     "openssl x509 -noout -text | grep -q 'Signature Algorithm: sha256WithRSAEncryption'",
-                     tmp) == 0);
+    CHECK(kv_test_sh(
+              "cd %s && openssl pkcs12 -in generated.pfx -passin file:pw -nokeys -clcerts "
+              "2>/dev/null | "
+              "openssl x509 -noout -text | grep -q 'Signature Algorithm: sha256WithRSAEncryption'",
+              tmp) == 0);
     /* The wrong password does not open it. */
-    CHECK(kv_test_sh("cd %s && printf wrong > badpw && ! openssl pkcs12 -in generated.pfx -passin file:badpw "
+    CHECK(kv_test_sh("cd %s && printf wrong > badpw && ! openssl pkcs12 -in generated.pfx -passin "
+                     "file:badpw "
                      "-nokeys >/dev/null 2>&1",
                      tmp) == 0);
     kv_pb_free(&g->base);
@@ -445,7 +487,8 @@ static void test_upload_key(void)
     size_t objects_before = token_object_count();
 
     /* Every bad PFX: precise code, nothing changes (records or token). */
-    CHECK_ERR(upload_file(tenant, "wrong-pw", "k2048.pfx", "not the password", NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(upload_file(tenant, "wrong-pw", "k2048.pfx", "not the password", NULL),
+              KV_ERR_INVALID_ARGUMENT);
     CHECK(strstr(kv_error_msg(), "password") != NULL);
     CHECK_ERR(upload_file(tenant, "rsa1024", "k1024.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
     CHECK(strstr(kv_error_msg(), "1024") != NULL);
@@ -453,11 +496,14 @@ static void test_upload_key(void)
     CHECK(strstr(kv_error_msg(), "4096") != NULL);
     CHECK_ERR(upload_file(tenant, "ec", "kec.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
     CHECK(strstr(kv_error_msg(), "EC") != NULL);
-    CHECK_ERR(upload_file(tenant, "garbage", "garbage.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(upload_file(tenant, "garbage", "garbage.pfx", PASSWORD, NULL),
+              KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(upload_file(tenant, "trunc", "trunc.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(upload(tenant, "empty", (const uint8_t *)"", 0, PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(upload(tenant, "empty", (const uint8_t *)"", 0, PASSWORD, NULL),
+              KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(upload_file(tenant3, "scope", "k2048.pfx", PASSWORD, NULL), KV_ERR_PERMISSION_DENIED);
-    CHECK_ERR(upload_file("tnt-0000000000000000", "nf", "k2048.pfx", PASSWORD, NULL), KV_ERR_NOT_FOUND);
+    CHECK_ERR(upload_file("tnt-0000000000000000", "nf", "k2048.pfx", PASSWORD, NULL),
+              KV_ERR_NOT_FOUND);
     /* A request larger than the server's message limit (4 MiB). */
     size_t big = 5u << 20;
     uint8_t *huge = calloc(1, big);
@@ -480,11 +526,14 @@ static void test_upload_key(void)
 
     /* The fingerprint matches the file's public key. */
     char fpr[80];
-    CHECK(kv_test_sh("cd %s && openssl pkey -in k2048.pem -pubout -outform DER | sha256sum > up.fpr", tmp) == 0);
+    CHECK(
+        kv_test_sh("cd %s && openssl pkey -in k2048.pem -pubout -outform DER | sha256sum > up.fpr",
+                   tmp) == 0);
     read_line("up.fpr", fpr, sizeof(fpr));
     Hsmvault__V1__ListKeysResponse *l = list_keys(au, tenant);
     for (size_t i = 0; l && i < l->n_keys; i++)
-        if (strcmp(l->keys[i]->id, key_up) == 0) CHECK(strncmp(fpr, l->keys[i]->fingerprint, 64) == 0);
+        if (strcmp(l->keys[i]->id, key_up) == 0)
+            CHECK(strncmp(fpr, l->keys[i]->fingerprint, 64) == 0);
     kv_pb_free(l ? &l->base : NULL);
 
     /* Tenant 2's own key (tenant 2's first key: active). */
@@ -497,10 +546,13 @@ static void test_apply_activate_return(void)
     Hsmvault__V1__ApplyKeyRequest ap = HSMVAULT__V1__APPLY_KEY_REQUEST__INIT;
     Hsmvault__V1__Environment *e = NULL;
     ap.environment_id = env_prod;
-    CHECK_ERR(CALL(ta, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_PERMISSION_DENIED);
-    CHECK_ERR(CALL(op, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(ta, M("Environments", "ApplyKey"), ap, environment, &e),
+              KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(op, M("Environments", "ApplyKey"), ap, environment, &e),
+              KV_ERR_PERMISSION_DENIED);
     ap.environment_id = env_t2; /* the environment admin is scoped to tenant 1 */
-    CHECK_ERR(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e),
+              KV_ERR_PERMISSION_DENIED);
     ap.environment_id = "env-0000000000000000";
     CHECK_ERR(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e), KV_ERR_NOT_FOUND);
     ap.environment_id = env_prod;
@@ -550,9 +602,11 @@ static void test_apply_activate_return(void)
     /* Return to the service key: production needs its name typed back. */
     Hsmvault__V1__ReturnToServiceKeyRequest rt = HSMVAULT__V1__RETURN_TO_SERVICE_KEY_REQUEST__INIT;
     rt.environment_id = env_prod;
-    CHECK_ERR(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e),
+              KV_ERR_FAILED_PRECONDITION);
     rt.confirmation_name = "prod-us";
-    CHECK_ERR(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(CALL(ea, M("Environments", "ReturnToServiceKey"), rt, environment, &e),
+              KV_ERR_FAILED_PRECONDITION);
     pe = get_env(env_prod);
     if (pe) CHECK(pe->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED);
     kv_pb_free(pe ? &pe->base : NULL);
@@ -603,13 +657,18 @@ static kv_result call_with(const char *cert, const char *key, const char *ca)
 static void test_handshake(void)
 {
     /* A client certificate from another CA is refused at the handshake. */
-    CHECK(kv_test_sh("cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue-ca.key "
-                     "-out rogue-ca.pem -subj /CN=rogue-ca -days 2 2>/dev/null && "
-                     "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key -out rogue.csr "
-                     "-subj /CN=rogue 2>/dev/null && printf 'subjectAltName=URI:spiffe://hsmvault.dev/operator\\n' > rogue.ext && "
-                     "openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial "
-                     "-extfile rogue.ext -days 2 -out rogue.pem 2>/dev/null",
-                     tmp) == 0);
+    CHECK(
+        kv_test_sh(
+            "cd %s && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
+            "rogue-ca.key "
+            "-out rogue-ca.pem -subj /CN=rogue-ca -days 2 2>/dev/null && "
+            "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key "
+            "-out rogue.csr "
+            "-subj /CN=rogue 2>/dev/null && printf "
+            "'subjectAltName=URI:spiffe://hsmvault.dev/operator\\n' > rogue.ext && "
+            "openssl x509 -req -in rogue.csr -CA rogue-ca.pem -CAkey rogue-ca.key -CAcreateserial "
+            "-extfile rogue.ext -days 2 -out rogue.pem 2>/dev/null",
+            tmp) == 0);
     char cert[512], key[512], ca[512], path[512];
     snprintf(cert, sizeof(cert), "%s/rogue.pem", tmp);
     snprintf(key, sizeof(key), "%s/rogue.key", tmp);
@@ -624,7 +683,10 @@ static void test_handshake(void)
     vc_profile p;
     snprintf(path, sizeof(path), "%s/clients/operator.conf", state);
     CHECK_OK(vc_profile_load(path, &p));
-    rpc_client_config rc = {.target = p.target, .ca_file = p.ca, .cert_file = NULL, .key_file = NULL,
+    rpc_client_config rc = {.target = p.target,
+                            .ca_file = p.ca,
+                            .cert_file = NULL,
+                            .key_file = NULL,
                             .server_name = p.server_name[0] ? p.server_name : NULL};
     rpc_client *c = NULL;
     CHECK_OK(rpc_client_open(&rc, &c));
@@ -637,14 +699,19 @@ static void test_handshake(void)
     /* An unknown method answers UNIMPLEMENTED. */
     Hsmvault__V1__WhoAmIRequest req = HSMVAULT__V1__WHO_AM_IREQUEST__INIT;
     Hsmvault__V1__WhoAmIResponse *w = NULL;
-    CHECK_ERR(CALL(op, "/hsmvault.v1.Tenants/DropTables", req, who_am_iresponse, &w), KV_ERR_UNIMPLEMENTED);
+    CHECK_ERR(CALL(op, "/hsmvault.v1.Tenants/DropTables", req, who_am_iresponse, &w),
+              KV_ERR_UNIMPLEMENTED);
     /* Malformed request bytes. */
-    rpc_client_config rc2 = {.target = p.target, .ca_file = p.ca, .cert_file = p.cert, .key_file = p.key,
+    rpc_client_config rc2 = {.target = p.target,
+                             .ca_file = p.ca,
+                             .cert_file = p.cert,
+                             .key_file = p.key,
                              .server_name = p.server_name[0] ? p.server_name : NULL};
     CHECK_OK(rpc_client_open(&rc2, &c));
     if (c) {
         rpc_client_reply rep = {0};
-        CHECK_ERR(rpc_client_call(c, M("Tenants", "GetTenant"), (const uint8_t *)"\x0a\xff\x01", 3, 5000, &rep),
+        CHECK_ERR(rpc_client_call(c, M("Tenants", "GetTenant"), (const uint8_t *)"\x0a\xff\x01", 3,
+                                  5000, &rep),
                   KV_ERR_INVALID_ARGUMENT);
         rpc_client_close(c);
     }
@@ -700,8 +767,10 @@ static hsm *open_token_directly(void)
     snprintf(conf, sizeof(conf), "%s/softhsm2.conf", state);
     snprintf(pin, sizeof(pin), "%s/pin", state);
     setenv("SOFTHSM2_CONF", conf, 1);
-    hsm_config cfg = {.module_path = getenv("HSMVAULT_SOFTHSM_MODULE"), .token_label = "hsmvault-dev",
-                      .pin_file = pin, .sessions = 1};
+    hsm_config cfg = {.module_path = getenv("HSMVAULT_SOFTHSM_MODULE"),
+                      .token_label = "hsmvault-dev",
+                      .pin_file = pin,
+                      .sessions = 1};
     hsm *h = NULL;
     CHECK_OK(hsm_open(&cfg, &h));
     return h;
@@ -727,7 +796,8 @@ static void test_restart_and_reconcile(void)
         check_token_policy(objs, n, &priv);
         CHECK(priv == 8);
         free(objs);
-        CHECK_OK(hsm_rsa_generate(h, "hsmvault:tnt-0000000000000000/key-orphan", 2048, &orphan, &spki, &spki_len));
+        CHECK_OK(hsm_rsa_generate(h, "hsmvault:tnt-0000000000000000/key-orphan", 2048, &orphan,
+                                  &spki, &spki_len));
         free(spki);
         CHECK_OK(hsm_rsa_generate(h, "someone-else:keep-me", 2048, &foreign, &spki, &spki_len));
         free(spki);
@@ -781,7 +851,8 @@ static void test_second_instance_refused(void)
     CHECK(vaultd_proc_start(&vd, state));
     char bin[512];
     vaultd_build_path(bin, sizeof(bin), "vault/vaultd");
-    CHECK(kv_test_sh("%s --dev --state-dir %s --listen 127.0.0.1:0 >/dev/null 2>%s/second.err", bin, state, tmp) != 0);
+    CHECK(kv_test_sh("%s --dev --state-dir %s --listen 127.0.0.1:0 >/dev/null 2>%s/second.err", bin,
+                     state, tmp) != 0);
     CHECK(kv_test_sh("grep -qi 'in use\\|locked\\|another' %s/second.err", tmp) == 0);
     CHECK(vaultd_proc_stop(&vd) == 0);
 }
@@ -806,8 +877,10 @@ int main(void)
     }
     if (vd.pid > 0) vaultd_proc_kill(&vd);
     int rc = kv_test_finish();
-    if (rc == 0) kv_test_rmtree(tmp);
-    else fprintf(stderr, "state kept in %s\n", tmp);
+    if (rc == 0)
+        kv_test_rmtree(tmp);
+    else
+        fprintf(stderr, "state kept in %s\n", tmp);
     rpc_client_global_shutdown();
     return rc;
 }

@@ -23,7 +23,10 @@ void vaultd_build_path(char *out, size_t cap, const char *rel)
     snprintf(out, cap, "%s/%s", b && *b ? b : HSMVAULT_DEFAULT_BUILD_DIR, rel);
 }
 
-bool vaultd_proc_start(vaultd_proc *p, const char *state_dir) { return vaultd_proc_start_args(p, state_dir, NULL); }
+bool vaultd_proc_start(vaultd_proc *p, const char *state_dir)
+{
+    return vaultd_proc_start_args(p, state_dir, NULL);
+}
 
 bool vaultd_proc_start_args(vaultd_proc *p, const char *state_dir, const char *const *extra)
 {
@@ -39,9 +42,11 @@ bool vaultd_proc_start_args(vaultd_proc *p, const char *state_dir, const char *c
         FILE *f = freopen(log, "a", stderr);
         (void)f;
         if (freopen("/dev/null", "w", stdout) == NULL) _exit(127);
-        const char *argv[32] = {"vaultd", "--dev", "--state-dir", state_dir, "--listen", "127.0.0.1:0"};
+        const char *argv[32] = {"vaultd",  "--dev",    "--state-dir",
+                                state_dir, "--listen", "127.0.0.1:0"};
         size_t n = 6;
-        for (size_t i = 0; extra != NULL && extra[i] != NULL && n + 1 < 32; i++) argv[n++] = extra[i];
+        for (size_t i = 0; extra != NULL && extra[i] != NULL && n + 1 < 32; i++)
+            argv[n++] = extra[i];
         argv[n] = NULL;
         execv(bin, (char *const *)(uintptr_t)argv);
         _exit(127);

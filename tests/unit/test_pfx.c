@@ -16,7 +16,10 @@
 
 static char dir[256];
 
-static void path_of(char *out, size_t cap, const char *name) { snprintf(out, cap, "%s/%s", dir, name); }
+static void path_of(char *out, size_t cap, const char *name)
+{
+    snprintf(out, cap, "%s/%s", dir, name);
+}
 
 static uint8_t *load(const char *name, size_t *len)
 {
@@ -42,7 +45,8 @@ static kv_result open_file(const char *name, const char *password, const char *s
 {
     size_t len = 0;
     uint8_t *data = load(name, &len);
-    if (data == NULL) return kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__, "fixture %s missing", name);
+    if (data == NULL)
+        return kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__, "fixture %s missing", name);
     kv_secret p = pw(password), key = KV_SECRET_INIT;
     uint8_t *spki = NULL;
     size_t spki_len = 0;
@@ -65,24 +69,37 @@ static kv_result open_file(const char *name, const char *password, const char *s
 
 static void make_fixtures(void)
 {
-    CHECK(kv_test_sh("cd %s && printf '%%s' '" PASSWORD "' > pw && "
-                     "for b in 1024 2048 4096; do openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:$b "
-                     "-out rsa$b.pem 2>/dev/null || exit 1; done && "
-                     "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.pem 2>/dev/null && "
-                     "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec.pem 2>/dev/null && "
-                     "for k in rsa1024 rsa2048 rsa4096 ec other; do "
-                     "openssl req -x509 -new -key $k.pem -subj /CN=$k -days 30 -out $k.crt || exit 1; done && "
-                     "openssl pkey -in rsa2048.pem -pubout -outform DER -out rsa2048.spki && "
-                     "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -passout file:pw -out modern.pfx && "
-                     "openssl pkcs12 -export -legacy -inkey rsa2048.pem -in rsa2048.crt -passout file:pw -out legacy.pfx && "
-                     "openssl pkcs12 -export -nocerts -inkey rsa2048.pem -passout file:pw -out nocert.pfx 2>/dev/null && "
-                     "openssl pkcs12 -export -inkey rsa1024.pem -in rsa1024.crt -passout file:pw -out rsa1024.pfx && "
-                     "openssl pkcs12 -export -inkey rsa4096.pem -in rsa4096.crt -passout file:pw -out rsa4096.pfx && "
-                     "openssl pkcs12 -export -inkey ec.pem -in ec.crt -passout file:pw -out ec.pfx && "
-                     "openssl pkcs12 -export -nokeys -in rsa2048.crt -passout file:pw -out certonly.pfx && "
-                     "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -passout pass: -out emptypw.pfx && "
-                     "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -nomac -passout file:pw -out nomac.pfx",
-                     dir) == 0);
+    CHECK(
+        kv_test_sh(
+            "cd %s && printf '%%s' '" PASSWORD "' > pw && "
+            "for b in 1024 2048 4096; do openssl genpkey -algorithm RSA -pkeyopt "
+            "rsa_keygen_bits:$b "
+            "-out rsa$b.pem 2>/dev/null || exit 1; done && "
+            "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out other.pem "
+            "2>/dev/null && "
+            "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out ec.pem "
+            "2>/dev/null && "
+            "for k in rsa1024 rsa2048 rsa4096 ec other; do "
+            "openssl req -x509 -new -key $k.pem -subj /CN=$k -days 30 -out $k.crt || exit 1; done "
+            "&& "
+            "openssl pkey -in rsa2048.pem -pubout -outform DER -out rsa2048.spki && "
+            "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -passout file:pw -out "
+            "modern.pfx && "
+            "openssl pkcs12 -export -legacy -inkey rsa2048.pem -in rsa2048.crt -passout file:pw "
+            "-out legacy.pfx && "
+            "openssl pkcs12 -export -nocerts -inkey rsa2048.pem -passout file:pw -out nocert.pfx "
+            "2>/dev/null && "
+            "openssl pkcs12 -export -inkey rsa1024.pem -in rsa1024.crt -passout file:pw -out "
+            "rsa1024.pfx && "
+            "openssl pkcs12 -export -inkey rsa4096.pem -in rsa4096.crt -passout file:pw -out "
+            "rsa4096.pfx && "
+            "openssl pkcs12 -export -inkey ec.pem -in ec.crt -passout file:pw -out ec.pfx && "
+            "openssl pkcs12 -export -nokeys -in rsa2048.crt -passout file:pw -out certonly.pfx && "
+            "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -passout pass: -out "
+            "emptypw.pfx && "
+            "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -nomac -passout file:pw "
+            "-out nomac.pfx",
+            dir) == 0);
 }
 
 static void test_open_good(void)
@@ -103,7 +120,8 @@ static void test_open_bad(void)
     CHECK(strstr(kv_error_msg(), "no integrity MAC") != NULL);
     CHECK_ERR(open_file("emptypw.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(open_file("rsa1024.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
-    CHECK(strstr(kv_error_msg(), "RSA-1024") != NULL && strstr(kv_error_msg(), "only RSA-2048") != NULL);
+    CHECK(strstr(kv_error_msg(), "RSA-1024") != NULL &&
+          strstr(kv_error_msg(), "only RSA-2048") != NULL);
     CHECK_ERR(open_file("rsa4096.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
     CHECK(strstr(kv_error_msg(), "RSA-4096") != NULL);
     CHECK_ERR(open_file("ec.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
@@ -127,7 +145,8 @@ static void test_open_bad(void)
     }
     CHECK(refused == tried);
     uint8_t junk[2048];
-    for (size_t i = 0; i < sizeof(junk); i++) junk[i] = (uint8_t)(i * 7 + 3);
+    for (size_t i = 0; i < sizeof(junk); i++)
+        junk[i] = (uint8_t)(i * 7 + 3);
     CHECK_ERR(pfx_open(junk, sizeof(junk), &p, &key, &spki, &spki_len), KV_ERR_INVALID_ARGUMENT);
     CHECK(strstr(kv_error_msg(), "not a PKCS#12") != NULL);
     /* One flipped bit in the middle: the MAC catches it. */
@@ -136,7 +155,8 @@ static void test_open_bad(void)
     good[len / 2] ^= 0x10;
     uint8_t *big = calloc(1, PFX_MAX_BYTES + 1);
     memcpy(big, good, len);
-    CHECK_ERR(pfx_open(big, PFX_MAX_BYTES + 1, &p, &key, &spki, &spki_len), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(pfx_open(big, PFX_MAX_BYTES + 1, &p, &key, &spki, &spki_len),
+              KV_ERR_INVALID_ARGUMENT);
     CHECK(strstr(kv_error_msg(), "limit") != NULL);
     /* A password with a NUL byte cannot be a PKCS#12 password. */
     kv_secret nul = KV_SECRET_INIT;
@@ -169,31 +189,41 @@ static void test_generate(void)
     char path[512];
     path_of(path, sizeof(path), "gen.pfx");
     CHECK_OK(kv_file_write_new(path, pfx, pfx_len, 0600));
-    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in gen.pfx -passin file:pw -info -noout > gen.info 2>&1 && "
-                     "grep -q 'PBES2, PBKDF2, AES-256-CBC, Iteration 100000, PRF hmacWithSHA256' gen.info && "
-                     "grep -q 'MAC: sha256, Iteration 100000' gen.info && ! grep -qi 'RC2\\|3DES\\|SHA1' gen.info",
-                     dir) == 0);
-    CHECK(kv_test_sh("cd %s && openssl pkcs12 -in gen.pfx -passin file:pw -nokeys 2>/dev/null | "
-                     "openssl x509 -noout -text > gen.txt && grep -q 'Signature Algorithm: sha256WithRSAEncryption' gen.txt && "
-                     "grep -q 'Subject: CN = contoso kek 2026' gen.txt && grep -q 'CA:FALSE' gen.txt",
-                     dir) == 0);
+    CHECK(kv_test_sh(
+              "cd %s && openssl pkcs12 -in gen.pfx -passin file:pw -info -noout > gen.info 2>&1 && "
+              "grep -q 'PBES2, PBKDF2, AES-256-CBC, Iteration 100000, PRF hmacWithSHA256' gen.info "
+              "&& "
+              "grep -q 'MAC: sha256, Iteration 100000' gen.info && ! grep -qi 'RC2\\|3DES\\|SHA1' "
+              "gen.info",
+              dir) == 0);
+    CHECK(
+        kv_test_sh("cd %s && openssl pkcs12 -in gen.pfx -passin file:pw -nokeys 2>/dev/null | "
+                   "openssl x509 -noout -text > gen.txt && grep -q 'Signature Algorithm: "
+                   "sha256WithRSAEncryption' gen.txt && "
+                   "grep -q 'Subject: CN = contoso kek 2026' gen.txt && grep -q 'CA:FALSE' gen.txt",
+                   dir) == 0);
     /* The SPKI from the cert in the file equals ours; the fingerprint too. */
     char hex[2 * KEY_FINGERPRINT_LEN + 1];
     uint8_t fpr[KEY_FINGERPRINT_LEN];
     CHECK_OK(key_fingerprint(spki, spki_len, fpr));
-    for (int i = 0; i < KEY_FINGERPRINT_LEN; i++) snprintf(hex + 2 * i, 3, "%02x", fpr[i]);
+    for (int i = 0; i < KEY_FINGERPRINT_LEN; i++)
+        snprintf(hex + 2 * i, 3, "%02x", fpr[i]);
     CHECK(kv_test_sh("cd %s && openssl pkcs12 -in gen.pfx -passin file:pw -nokeys 2>/dev/null | "
-                     "openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | grep -q '^%s '",
+                     "openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | sha256sum | "
+                     "grep -q '^%s '",
                      dir, hex) == 0);
-    CHECK(kv_test_sh("cd %s && printf nope > badpw && ! openssl pkcs12 -in gen.pfx -passin file:badpw -noout "
-                     "2>/dev/null", dir) == 0);
+    CHECK(kv_test_sh("cd %s && printf nope > badpw && ! openssl pkcs12 -in gen.pfx -passin "
+                     "file:badpw -noout "
+                     "2>/dev/null",
+                     dir) == 0);
 
     /* Bad names and passwords. */
     uint8_t *x = NULL;
     size_t xl = 0;
     kv_secret k3 = KV_SECRET_INIT, empty = KV_SECRET_INIT;
     CHECK_ERR(pfx_generate("", &p, &x, &xl, &k3, &spki2, &spki2_len), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(pfx_generate("bad\nname", &p, &x, &xl, &k3, &spki2, &spki2_len), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(pfx_generate("bad\nname", &p, &x, &xl, &k3, &spki2, &spki2_len),
+              KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(pfx_generate("x", &empty, &x, &xl, &k3, &spki2, &spki2_len), KV_ERR_INVALID_ARGUMENT);
     free(spki2);
     free(spki);
@@ -217,16 +247,20 @@ static void test_oaep_and_fingerprint(void)
         char path[512];
         snprintf(path, sizeof(path), "%s/ct%d.bin", dir, sha256);
         CHECK_OK(kv_file_write_new(path, ct, ct_len, 0600));
-        CHECK(kv_test_sh("cd %s && openssl pkeyutl -decrypt -inkey rsa2048.pem -pkeyopt rsa_padding_mode:oaep "
-                         "-pkeyopt rsa_oaep_md:%s -pkeyopt rsa_mgf1_md:%s -in ct%d.bin -out pt%d.bin && "
-                         "[ \"$(cat pt%d.bin)\" = 0123456789abcdef0123456789abcdef ]",
-                         dir, sha256 ? "sha256" : "sha1", sha256 ? "sha256" : "sha1", sha256, sha256, sha256) == 0);
+        CHECK(kv_test_sh(
+                  "cd %s && openssl pkeyutl -decrypt -inkey rsa2048.pem -pkeyopt "
+                  "rsa_padding_mode:oaep "
+                  "-pkeyopt rsa_oaep_md:%s -pkeyopt rsa_mgf1_md:%s -in ct%d.bin -out pt%d.bin && "
+                  "[ \"$(cat pt%d.bin)\" = 0123456789abcdef0123456789abcdef ]",
+                  dir, sha256 ? "sha256" : "sha1", sha256 ? "sha256" : "sha1", sha256, sha256,
+                  sha256) == 0);
         free(ct);
     }
     uint8_t fpr[KEY_FINGERPRINT_LEN];
     char hex[2 * KEY_FINGERPRINT_LEN + 1];
     CHECK_OK(key_fingerprint(spki, spki_len, fpr));
-    for (int i = 0; i < KEY_FINGERPRINT_LEN; i++) snprintf(hex + 2 * i, 3, "%02x", fpr[i]);
+    for (int i = 0; i < KEY_FINGERPRINT_LEN; i++)
+        snprintf(hex + 2 * i, 3, "%02x", fpr[i]);
     CHECK(kv_test_sh("cd %s && sha256sum rsa2048.spki | grep -q '^%s '", dir, hex) == 0);
     char *pem = NULL;
     CHECK_OK(spki_to_pem(spki, spki_len, &pem));
@@ -237,12 +271,14 @@ static void test_oaep_and_fingerprint(void)
     CHECK_ERR(spki_rsa_bits((const uint8_t *)"junk", 4, &bits), KV_ERR_INVALID_ARGUMENT);
     free(spki);
     size_t ec_len = 0;
-    CHECK(kv_test_sh("cd %s && openssl pkey -in ec.pem -pubout -outform DER -out ec.spki", dir) == 0);
+    CHECK(kv_test_sh("cd %s && openssl pkey -in ec.pem -pubout -outform DER -out ec.spki", dir) ==
+          0);
     uint8_t *ec = load("ec.spki", &ec_len);
     CHECK_ERR(spki_rsa_bits(ec, ec_len, &bits), KV_ERR_INVALID_ARGUMENT);
     uint8_t *ct = NULL;
     size_t ct_len = 0;
-    CHECK_ERR(rsa_oaep_encrypt(ec, ec_len, 0, msg, sizeof(msg), &ct, &ct_len), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(rsa_oaep_encrypt(ec, ec_len, 0, msg, sizeof(msg), &ct, &ct_len),
+              KV_ERR_INVALID_ARGUMENT);
     free(ec);
 }
 
@@ -255,19 +291,23 @@ static void test_devca(void)
     CHECK_OK(devca_issue(ca, "server", "localhost", NULL, true));
     CHECK_OK(devca_issue(ca, "alice", "alice", "spiffe://test/alice", false));
     CHECK_OK(devca_issue(ca, "bob", "bob", NULL, false));
-    CHECK_ERR(devca_issue(ca, "alice", "alice", "spiffe://test/alice", false), KV_ERR_ALREADY_EXISTS);
+    CHECK_ERR(devca_issue(ca, "alice", "alice", "spiffe://test/alice", false),
+              KV_ERR_ALREADY_EXISTS);
     CHECK_ERR(devca_issue(ca, "../evil", "x", NULL, false), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(devca_issue(ca, "Upper", "x", NULL, false), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(devca_issue(ca, "", "x", NULL, false), KV_ERR_INVALID_ARGUMENT);
     char nope[300];
     snprintf(nope, sizeof(nope), "%s/no-ca", dir);
     CHECK_ERR(devca_issue(nope, "x", "x", NULL, false), KV_ERR_NOT_FOUND);
-    CHECK(kv_test_sh("cd %s && openssl verify -CAfile ca.pem -purpose sslserver server.pem >/dev/null && "
-                     "openssl verify -CAfile ca.pem -purpose sslclient alice.pem >/dev/null && "
-                     "openssl verify -CAfile ca.pem -purpose sslclient bob.pem >/dev/null",
-                     ca) == 0);
-    CHECK(kv_test_sh("cd %s && openssl x509 -in alice.pem -noout -ext subjectAltName | grep -q 'URI:spiffe://test/alice' && "
-                     "openssl x509 -in server.pem -noout -ext subjectAltName | grep -q 'DNS:localhost, IP Address:127.0.0.1' && "
+    CHECK(kv_test_sh(
+              "cd %s && openssl verify -CAfile ca.pem -purpose sslserver server.pem >/dev/null && "
+              "openssl verify -CAfile ca.pem -purpose sslclient alice.pem >/dev/null && "
+              "openssl verify -CAfile ca.pem -purpose sslclient bob.pem >/dev/null",
+              ca) == 0);
+    CHECK(kv_test_sh("cd %s && openssl x509 -in alice.pem -noout -ext subjectAltName | grep -q "
+                     "'URI:spiffe://test/alice' && "
+                     "openssl x509 -in server.pem -noout -ext subjectAltName | grep -q "
+                     "'DNS:localhost, IP Address:127.0.0.1' && "
                      "openssl x509 -in ca.pem -noout -ext basicConstraints | grep -q 'CA:TRUE' && "
                      "openssl x509 -in alice.pem -noout -text | grep -q 'ecdsa-with-SHA256' && "
                      "! openssl verify -CAfile ca.pem -purpose sslserver alice.pem >/dev/null 2>&1",
@@ -291,7 +331,9 @@ int main(void)
     RUN(test_oaep_and_fingerprint);
     RUN(test_devca);
     int rc = kv_test_finish();
-    if (rc == 0) kv_test_rmtree(dir);
-    else fprintf(stderr, "files kept in %s\n", dir);
+    if (rc == 0)
+        kv_test_rmtree(dir);
+    else
+        fprintf(stderr, "files kept in %s\n", dir);
     return rc;
 }

@@ -87,7 +87,10 @@ static kv_result put_keys(store_txn *t, void *ctx)
     return KV_SUCCESS;
 }
 
-static kv_result del_one(store_txn *t, void *ctx) { return store_del(t, STORE_KEYS, ctx); }
+static kv_result del_one(store_txn *t, void *ctx)
+{
+    return store_del(t, STORE_KEYS, ctx);
+}
 
 static void test_scan_and_delete(void)
 {
@@ -98,9 +101,11 @@ static void test_scan_and_delete(void)
     struct scan_ctx c = {0};
     CHECK_OK(store_read_begin(s, &t));
     /* The separator keeps tnt-ab out of tnt-a's keys. */
-    CHECK_OK(store_scan(t, STORE_KEYS, "tnt-a/", &hsmvault__store__key_record__descriptor, collect, &c));
+    CHECK_OK(
+        store_scan(t, STORE_KEYS, "tnt-a/", &hsmvault__store__key_record__descriptor, collect, &c));
     store_read_end(t);
-    CHECK(c.n == 2 && strcmp(c.keys[0], "tnt-a/key-1") == 0 && strcmp(c.keys[1], "tnt-a/key-2") == 0);
+    CHECK(c.n == 2 && strcmp(c.keys[0], "tnt-a/key-1") == 0 &&
+          strcmp(c.keys[1], "tnt-a/key-2") == 0);
     memset(&c, 0, sizeof(c));
     CHECK_OK(store_read_begin(s, &t));
     CHECK_OK(store_scan(t, STORE_KEYS, "", &hsmvault__store__key_record__descriptor, collect, &c));
@@ -186,7 +191,10 @@ static void test_persistence_and_lock(void)
     store_close(s2);
 }
 
-static kv_result put_meta(store_txn *t, void *ctx) { return store_meta_put(t, "schema_version", ctx); }
+static kv_result put_meta(store_txn *t, void *ctx)
+{
+    return store_meta_put(t, "schema_version", ctx);
+}
 
 static void test_schema_version(void)
 {

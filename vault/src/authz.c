@@ -11,12 +11,18 @@
 static const char *vault_role_name(unsigned role)
 {
     switch (role) {
-    case HSMVAULT__V1__ROLE__ROLE_OPERATOR: return "operator";
-    case HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN: return "tenant-admin";
-    case HSMVAULT__V1__ROLE__ROLE_ENVIRONMENT_ADMIN: return "environment-admin";
-    case HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE: return "storage-node";
-    case HSMVAULT__V1__ROLE__ROLE_AUDITOR: return "auditor";
-    default: return "unknown";
+    case HSMVAULT__V1__ROLE__ROLE_OPERATOR:
+        return "operator";
+    case HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN:
+        return "tenant-admin";
+    case HSMVAULT__V1__ROLE__ROLE_ENVIRONMENT_ADMIN:
+        return "environment-admin";
+    case HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE:
+        return "storage-node";
+    case HSMVAULT__V1__ROLE__ROLE_AUDITOR:
+        return "auditor";
+    default:
+        return "unknown";
     }
 }
 
@@ -44,11 +50,12 @@ kv_result vault_authorize(store_txn *t, const char *principal, unsigned roles,
 {
     PrincipalRecord *p = NULL;
     bool allowed = false;
-    if (kv_ok(store_get(t, STORE_PRINCIPALS, principal, &hsmvault__store__principal_record__descriptor,
-                        (ProtobufCMessage **)&p))) {
+    if (kv_ok(store_get(t, STORE_PRINCIPALS, principal,
+                        &hsmvault__store__principal_record__descriptor, (ProtobufCMessage **)&p))) {
         for (size_t i = 0; i < p->n_bindings && !allowed; i++) {
             const Hsmvault__V1__RoleBinding *b = p->bindings[i];
-            if ((roles & (1u << b->role)) && vault_binding_covers(b, tenant_id, env_id)) allowed = true;
+            if ((roles & (1u << b->role)) && vault_binding_covers(b, tenant_id, env_id))
+                allowed = true;
         }
         kv_pb_free(&p->base);
     } else if (kv_error_code() != KV_ERR_NOT_FOUND) {
@@ -59,7 +66,8 @@ kv_result vault_authorize(store_txn *t, const char *principal, unsigned roles,
     size_t used = 0;
     for (unsigned r = 1; r <= HSMVAULT__V1__ROLE__ROLE_AUDITOR; r++) {
         if (!(roles & (1u << r))) continue;
-        int w = snprintf(need + used, sizeof(need) - used, "%s%s", used ? " or " : "", vault_role_name(r));
+        int w = snprintf(need + used, sizeof(need) - used, "%s%s", used ? " or " : "",
+                         vault_role_name(r));
         if (w > 0 && (size_t)w < sizeof(need) - used) used += (size_t)w;
     }
     char scope[96] = "";
@@ -67,8 +75,8 @@ kv_result vault_authorize(store_txn *t, const char *principal, unsigned roles,
         snprintf(scope, sizeof(scope), " for environment %s", env_id);
     else if (tenant_id != NULL)
         snprintf(scope, sizeof(scope), " for tenant %s", tenant_id);
-    KV_BAIL(KV_ERR_PERMISSION_DENIED, "%s may not %s: it needs the %s role%s", principal, action, need,
-            scope);
+    KV_BAIL(KV_ERR_PERMISSION_DENIED, "%s may not %s: it needs the %s role%s", principal, action,
+            need, scope);
 }
 
 typedef struct {
@@ -81,8 +89,9 @@ static kv_result vault_bind_update(store_txn *t, void *arg)
     vault_bind_ctx *c = arg;
     PrincipalRecord *p = NULL;
     PrincipalRecord fresh = HSMVAULT__STORE__PRINCIPAL_RECORD__INIT;
-    kv_result r = store_get(t, STORE_PRINCIPALS, c->principal,
-                            &hsmvault__store__principal_record__descriptor, (ProtobufCMessage **)&p);
+    kv_result r =
+        store_get(t, STORE_PRINCIPALS, c->principal, &hsmvault__store__principal_record__descriptor,
+                  (ProtobufCMessage **)&p);
     if (kv_failed(r) && kv_error_code() != KV_ERR_NOT_FOUND) return r;
     PrincipalRecord *cur = p != NULL ? p : &fresh;
     for (size_t i = 0; i < cur->n_bindings; i++) {
@@ -93,10 +102,11 @@ static kv_result vault_bind_update(store_txn *t, void *arg)
             return KV_SUCCESS; /* already bound */
         }
     }
-    KV_ENSURE(cur->n_bindings < 256, KV_ERR_RESOURCE_EXHAUSTED,
-              "%s already has 256 role bindings", c->principal);
+    KV_ENSURE(cur->n_bindings < 256, KV_ERR_RESOURCE_EXHAUSTED, "%s already has 256 role bindings",
+              c->principal);
     Hsmvault__V1__RoleBinding *list[257];
-    for (size_t i = 0; i < cur->n_bindings; i++) list[i] = cur->bindings[i];
+    for (size_t i = 0; i < cur->n_bindings; i++)
+        list[i] = cur->bindings[i];
     list[cur->n_bindings] = (Hsmvault__V1__RoleBinding *)(uintptr_t)c->add;
     PrincipalRecord next = HSMVAULT__STORE__PRINCIPAL_RECORD__INIT;
     next.principal = (char *)(uintptr_t)c->principal;

@@ -41,11 +41,12 @@ kv_result vault_unwrap_dek(vault *v, const KeyRecord *kek, const DatabaseRecord 
               "key %s has a damaged token id in the store", kek->id);
     KV_ENSURE(db->wrap_alg == HSMVAULT__V1__WRAP_ALGORITHM__WRAP_ALGORITHM_RSA_OAEP_SHA1 ||
                   db->wrap_alg == HSMVAULT__V1__WRAP_ALGORITHM__WRAP_ALGORITHM_RSA_OAEP_SHA256,
-              KV_ERR_DATA_LOSS, "database %s has an unknown wrap algorithm %d", db->id, db->wrap_alg);
+              KV_ERR_DATA_LOSS, "database %s has an unknown wrap algorithm %d", db->id,
+              db->wrap_alg);
     hsm_key_id id;
     memcpy(id.bytes, kek->hsm_id.data, HSM_KEY_ID_LEN);
-    kv_result r = hsm_rsa_decrypt_oaep(v->hsm, &id, vault_alg_hash(db->wrap_alg), db->wrapped_dek.data,
-                                       db->wrapped_dek.len, dek);
+    kv_result r = hsm_rsa_decrypt_oaep(v->hsm, &id, vault_alg_hash(db->wrap_alg),
+                                       db->wrapped_dek.data, db->wrapped_dek.len, dek);
     if (kv_failed(r)) {
         if (kv_error_code() == KV_ERR_NOT_FOUND)
             KV_BAIL(KV_ERR_FAILED_PRECONDITION,
@@ -63,31 +64,10 @@ kv_result vault_unwrap_dek(vault *v, const KeyRecord *kek, const DatabaseRecord 
 }
 
 typedef struct {
-    DatabaseRecord **dbs;
-    size_t n, cap;
-} vault_db_list;
-
-static kv_result vault_collect_db(const char *key, ProtobufCMessage **msg, void *arg)
-{
-    (void)key;
-    vault_db_list *l = arg;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        DatabaseRecord **p = realloc(l->dbs, cap * sizeof(*p));
-        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory listing databases");
-        l->dbs = p;
-        l->cap = cap;
-    }
-    l->dbs[l->n++] = (DatabaseRecord *)*msg;
-    *msg = NULL;
-    return KV_SUCCESS;
-}
-
-typedef struct {
     const char *env_id;
     const char *new_kek_id;
     Hsmvault__V1__Encryption encryption;
-    vault_db_list *old; /* as read */
+    store_list *old;       /* DatabaseRecords as read */
     DatabaseRecord *fresh; /* re-wrapped, same order */
 } vault_rewrap_ctx;
 
@@ -122,7 +102,7 @@ out:
 kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord *new_kek,
                                    Hsmvault__V1__Encryption encryption)
 {
-    vault_db_list list = {0};
+    store_list list = {0};
     KeyRecord *kek_cache[8] = {0};
     size_t n_cache = 0;
     DatabaseRecord *fresh = NULL;
@@ -137,18 +117,19 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
     KV_GUARD(store_read_begin(v->store, &t));
     KV_GUARD_GOTO(vault_get_environment(t, env_id, &env), r, out);
     const char *tenant_id_copy = env->tenant_id;
-    KV_GUARD_GOTO(store_scan(t, STORE_DATABASES, prefix, &hsmvault__store__database_record__descriptor,
-                             vault_collect_db, &list),
+    KV_GUARD_GOTO(store_collect(t, STORE_DATABASES, prefix,
+                                &hsmvault__store__database_record__descriptor, NULL, NULL, &list),
                   r, out);
     fresh = calloc(list.n ? list.n : 1, sizeof(*fresh));
     KV_ENSURE_GOTO(fresh != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED, "out of memory re-wrapping");
     for (size_t i = 0; i < list.n; i++) {
-        const DatabaseRecord *db = list.dbs[i];
+        const DatabaseRecord *db = (DatabaseRecord *)list.items[i];
         const KeyRecord *old = vault_find_cached(kek_cache, n_cache, db->kek_id);
         if (old == NULL) {
             KV_ENSURE_GOTO(n_cache < KV_ARRAY_LEN(kek_cache), r, out, KV_ERR_INTERNAL,
                            "environment %s has DEKs under too many keys", env_id);
-            KV_GUARD_GOTO(vault_get_key(t, tenant_id_copy, db->kek_id, &kek_cache[n_cache]), r, out);
+            KV_GUARD_GOTO(vault_get_key(t, tenant_id_copy, db->kek_id, &kek_cache[n_cache]), r,
+                          out);
             old = kek_cache[n_cache++];
         }
         KV_GUARD_GOTO(vault_unwrap_dek(v, old, db, &dek), r, out);
@@ -162,30 +143,37 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
     /* Prove the new wrapping before committing it: the first DEK must unwrap
      * under the new key in the token to the same bytes. */
     if (list.n > 0) {
-        const KeyRecord *old = vault_find_cached(kek_cache, n_cache, list.dbs[0]->kek_id);
-        KV_GUARD_GOTO(vault_unwrap_dek(v, old, list.dbs[0], &dek), r, out);
+        const KeyRecord *old =
+            vault_find_cached(kek_cache, n_cache, ((const DatabaseRecord *)list.items[0])->kek_id);
+        KV_GUARD_GOTO(vault_unwrap_dek(v, old, (const DatabaseRecord *)list.items[0], &dek), r,
+                      out);
         KV_GUARD_GOTO(vault_unwrap_dek(v, new_kek, &fresh[0], &check), r, out);
         KV_ENSURE_GOTO(check.len == dek.len && kv_ct_equal(check.data, dek.data, dek.len), r, out,
-                       KV_ERR_INTERNAL, "re-wrapped DEK of database %s does not match; nothing changed",
+                       KV_ERR_INTERNAL,
+                       "re-wrapped DEK of database %s does not match; nothing changed",
                        fresh[0].id);
     }
     store_read_end(t);
     t = NULL;
-    vault_rewrap_ctx c = {.env_id = env_id, .new_kek_id = new_kek->id, .encryption = encryption,
-                          .old = &list, .fresh = fresh};
+    vault_rewrap_ctx c = {.env_id = env_id,
+                          .new_kek_id = new_kek->id,
+                          .encryption = encryption,
+                          .old = &list,
+                          .fresh = fresh};
     r = store_update(v->store, vault_rewrap_commit, &c);
-    if (kv_ok(r)) KV_LOG_INFO("environment %s: %zu DEKs re-wrapped under key %s", env_id, list.n, new_kek->id);
+    if (kv_ok(r))
+        KV_LOG_INFO("environment %s: %zu DEKs re-wrapped under key %s", env_id, list.n,
+                    new_kek->id);
 out:
     kv_secret_free(&dek);
     kv_secret_free(&check);
     if (env != NULL) kv_pb_free(&env->base);
     store_read_end(t);
-    for (size_t i = 0; i < n_cache; i++) kv_pb_free(&kek_cache[i]->base);
-    for (size_t i = 0; i < list.n; i++) {
-        if (fresh != NULL) free(fresh[i].wrapped_dek.data);
-        kv_pb_free(&list.dbs[i]->base);
-    }
+    for (size_t i = 0; i < n_cache; i++)
+        kv_pb_free(&kek_cache[i]->base);
+    for (size_t i = 0; fresh != NULL && i < list.n; i++)
+        free(fresh[i].wrapped_dek.data);
     free(fresh);
-    free(list.dbs);
+    store_list_free(&list);
     return r;
 }

@@ -20,32 +20,23 @@
 #include <unistd.h>
 
 #include "kv_file.h"
+#include "ossl.h"
 #include "kv_secret.h"
 
 #define CA_DAYS (10L * 365)
 #define LEAF_DAYS 825L
 
-static kv_result ca_fail(const char *file, int line, const char *msg)
-{
-    unsigned long e = ERR_peek_last_error();
-    kv_error_set(KV_ERR_INTERNAL, file, line, "dev CA: %s", msg);
-    if (e != 0) {
-        char buf[256];
-        ERR_error_string_n(e, buf, sizeof(buf));
-        kv_error_detail("openssl: %s", buf);
-    }
-    ERR_clear_error();
-    return KV_FAILURE;
-}
-#define CA_FAIL(msg) ca_fail(__FILE__, __LINE__, (msg))
+#define CA_FAIL(msg) OSSL_FAIL(KV_ERR_INTERNAL, "dev CA: " msg)
 
 static kv_result check_name(const char *name)
 {
     size_t n = name != NULL ? strlen(name) : 0;
-    KV_ENSURE(n >= 1 && n <= 64, KV_ERR_INVALID_ARGUMENT, "a certificate file name must be 1 to 64 characters");
+    KV_ENSURE(n >= 1 && n <= 64, KV_ERR_INVALID_ARGUMENT,
+              "a certificate file name must be 1 to 64 characters");
     for (size_t i = 0; i < n; i++) {
         char c = name[i];
-        KV_ENSURE((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_', KV_ERR_INVALID_ARGUMENT,
+        KV_ENSURE((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_',
+                  KV_ERR_INVALID_ARGUMENT,
                   "certificate file name '%s' may hold only a-z, 0-9, '-' and '_'", name);
     }
     return KV_SUCCESS;
@@ -59,8 +50,8 @@ static kv_result path_of(char *out, size_t cap, const char *dir, const char *nam
 }
 
 /* Writes a PEM produced by fn into path (new file, mode). */
-static kv_result write_pem(const char *path, unsigned mode, int (*fn)(BIO *, const void *), const void *obj,
-                           bool secret)
+static kv_result write_pem(const char *path, unsigned mode, int (*fn)(BIO *, const void *),
+                           const void *obj, bool secret)
 {
     BIO *b = BIO_new(BIO_s_mem());
     if (b == NULL || !fn(b, obj)) {
@@ -79,18 +70,9 @@ static int pem_key(BIO *b, const void *k)
 {
     return PEM_write_bio_PrivateKey(b, (EVP_PKEY *)(uintptr_t)k, NULL, NULL, 0, NULL, NULL);
 }
-static int pem_cert(BIO *b, const void *x) { return PEM_write_bio_X509(b, (X509 *)(uintptr_t)x); }
-
-static kv_result add_ext(X509 *x, X509 *issuer, int nid, const char *value)
+static int pem_cert(BIO *b, const void *x)
 {
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    int ok = e != NULL && X509_add_ext(x, e, -1) == 1;
-    X509_EXTENSION_free(e);
-    if (!ok) return CA_FAIL("cannot add a certificate extension");
-    return KV_SUCCESS;
+    return PEM_write_bio_X509(b, (X509 *)(uintptr_t)x);
 }
 
 /* A certificate for key, subject CN=cn, issued by (issuer, issuer_key); a
@@ -99,18 +81,12 @@ static kv_result new_cert(EVP_PKEY *key, const char *cn, X509 *issuer, long days
 {
     X509 *x = X509_new();
     if (x == NULL) return CA_FAIL("out of memory");
-    uint8_t serial[16];
-    BIGNUM *bn = NULL;
-    kv_result r = KV_SUCCESS;
-    if (RAND_bytes(serial, sizeof(serial)) != 1) {
-        r = CA_FAIL("no random bytes");
-        goto out;
-    }
-    serial[0] = (uint8_t)((serial[0] & 0x7f) | 0x01);
-    bn = BN_bin2bn(serial, sizeof(serial), NULL);
+    kv_result r = ossl_random_serial(x);
+    if (kv_failed(r)) goto out;
     X509_NAME *name = X509_get_subject_name(x);
-    if (bn == NULL || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) || !X509_set_version(x, X509_VERSION_3) ||
-        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1, 0) ||
+    if (!X509_set_version(x, X509_VERSION_3) ||
+        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1, -1,
+                                    0) ||
         !X509_set_issuer_name(x, issuer != NULL ? X509_get_subject_name(issuer) : name) ||
         X509_gmtime_adj(X509_getm_notBefore(x), -3600) == NULL ||
         X509_gmtime_adj(X509_getm_notAfter(x), days * 86400) == NULL || !X509_set_pubkey(x, key)) {
@@ -120,7 +96,6 @@ static kv_result new_cert(EVP_PKEY *key, const char *cn, X509 *issuer, long days
     *out = x;
     x = NULL;
 out:
-    BN_free(bn);
     X509_free(x);
     return r;
 }
@@ -141,9 +116,9 @@ kv_result devca_create(const char *dir, const char *ca_common_name)
     if (key == NULL) return CA_FAIL("EC key generation failed");
     X509 *x = NULL;
     kv_result r = new_cert(key, ca_common_name, NULL, CA_DAYS, &x);
-    if (kv_ok(r)) r = add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
-    if (kv_ok(r)) r = add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
-    if (kv_ok(r)) r = add_ext(x, x, NID_subject_key_identifier, "hash");
+    if (kv_ok(r)) r = ossl_add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE,pathlen:0");
+    if (kv_ok(r)) r = ossl_add_ext(x, x, NID_key_usage, "critical,keyCertSign,cRLSign");
+    if (kv_ok(r)) r = ossl_add_ext(x, x, NID_subject_key_identifier, "hash");
     if (kv_ok(r)) r = sign(x, key);
     if (kv_ok(r)) r = write_pem(key_path, 0600, pem_key, key, true);
     if (kv_ok(r)) r = write_pem(cert_path, 0644, pem_cert, x, false);
@@ -183,7 +158,8 @@ static kv_result load_ca(const char *dir, X509 **cert, EVP_PKEY **key)
     return KV_SUCCESS;
 }
 
-kv_result devca_issue(const char *dir, const char *name, const char *common_name, const char *san_uri, bool server)
+kv_result devca_issue(const char *dir, const char *name, const char *common_name,
+                      const char *san_uri, bool server)
 {
     KV_GUARD(check_name(name));
     char key_path[PATH_MAX], cert_path[PATH_MAX];
@@ -201,16 +177,17 @@ kv_result devca_issue(const char *dir, const char *name, const char *common_name
     EVP_PKEY *key = EVP_EC_gen("P-256");
     kv_result r = key != NULL ? KV_SUCCESS : CA_FAIL("EC key generation failed");
     if (kv_ok(r)) r = new_cert(key, common_name, ca, LEAF_DAYS, &x);
-    if (kv_ok(r)) r = add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE");
-    if (kv_ok(r)) r = add_ext(x, ca, NID_key_usage, "critical,digitalSignature,keyAgreement");
-    if (kv_ok(r)) r = add_ext(x, ca, NID_ext_key_usage, server ? "serverAuth" : "clientAuth");
-    if (kv_ok(r)) r = add_ext(x, ca, NID_subject_key_identifier, "hash");
-    if (kv_ok(r)) r = add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
-    if (kv_ok(r) && server) r = add_ext(x, ca, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
+    if (kv_ok(r)) r = ossl_add_ext(x, ca, NID_basic_constraints, "critical,CA:FALSE");
+    if (kv_ok(r)) r = ossl_add_ext(x, ca, NID_key_usage, "critical,digitalSignature,keyAgreement");
+    if (kv_ok(r)) r = ossl_add_ext(x, ca, NID_ext_key_usage, server ? "serverAuth" : "clientAuth");
+    if (kv_ok(r)) r = ossl_add_ext(x, ca, NID_subject_key_identifier, "hash");
+    if (kv_ok(r)) r = ossl_add_ext(x, ca, NID_authority_key_identifier, "keyid:always");
+    if (kv_ok(r) && server)
+        r = ossl_add_ext(x, ca, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1,IP:::1");
     if (kv_ok(r) && !server && san_uri != NULL) {
         char san[512];
         snprintf(san, sizeof(san), "URI:%s", san_uri);
-        r = add_ext(x, ca, NID_subject_alt_name, san);
+        r = ossl_add_ext(x, ca, NID_subject_alt_name, san);
     }
     if (kv_ok(r)) r = sign(x, ca_key);
     if (kv_ok(r)) r = write_pem(key_path, 0600, pem_key, key, true);

@@ -64,10 +64,11 @@ static kv_result dev_token(vaultd_config *c)
     if (!dev_exists(conf)) {
         KV_GUARD(kv_file_mkdirs(tokens, 0700));
         char text[PATH_MAX + 128];
-        int n = snprintf(text, sizeof(text),
-                         "# SoftHSM for vaultd --dev\ndirectories.tokendir = %s\nobjectstore.backend = file\n"
-                         "log.level = ERROR\nslots.removable = false\n",
-                         tokens);
+        int n = snprintf(
+            text, sizeof(text),
+            "# SoftHSM for vaultd --dev\ndirectories.tokendir = %s\nobjectstore.backend = file\n"
+            "log.level = ERROR\nslots.removable = false\n",
+            tokens);
         KV_GUARD(kv_file_write_new(conf, text, (size_t)n, 0600));
     }
     /* SoftHSM reads its configuration from the environment at C_Initialize. */
@@ -115,7 +116,8 @@ kv_result vaultd_dev_prepare(vaultd_config *c)
     snprintf(c->state_dir, sizeof(c->state_dir), "%s", abs);
     KV_GUARD(dev_token(c));
     KV_GUARD(dev_tls(c));
-    snprintf(c->bootstrap_operator, sizeof(c->bootstrap_operator), VAULTD_DEV_URI_PREFIX "operator");
+    snprintf(c->bootstrap_operator, sizeof(c->bootstrap_operator),
+             VAULTD_DEV_URI_PREFIX "operator");
     return KV_SUCCESS;
 }
 
@@ -133,11 +135,12 @@ kv_result vaultd_dev_publish(const vaultd_config *c, int port)
         const char *name = vaultd_dev_principals[i];
         char path[PATH_MAX + 64], text[4 * PATH_MAX];
         snprintf(path, sizeof(path), "%s/%s.conf", dir, name);
-        int n = snprintf(text, sizeof(text),
-                         "# vaultctl profile for the dev principal %s" VAULTD_DEV_URI_PREFIX "%s\n"
-                         "target = %s:%d\nserver_name = localhost\nca = %s/ca.pem\ncert = %s/%s.pem\n"
-                         "key = %s/%s.key\n",
-                         "", name, host, port, tls, tls, name, tls, name);
+        int n =
+            snprintf(text, sizeof(text),
+                     "# vaultctl profile for the dev principal %s" VAULTD_DEV_URI_PREFIX "%s\n"
+                     "target = %s:%d\nserver_name = localhost\nca = %s/ca.pem\ncert = %s/%s.pem\n"
+                     "key = %s/%s.key\n",
+                     "", name, host, port, tls, tls, name, tls, name);
         KV_GUARD(kv_file_write_atomic(path, text, (size_t)n, 0600));
     }
     char addr_path[PATH_MAX], addr[160];

@@ -6,7 +6,8 @@
 #include "kv_pb.h"
 #include "vault.h"
 
-#define H(name) kv_result name(void *app, const rpc_ctx *ctx, const uint8_t *b, size_t n, rpc_reply *reply)
+#define H(name)                                                                                    \
+    kv_result name(void *app, const rpc_ctx *ctx, const uint8_t *b, size_t n, rpc_reply *reply)
 H(vault_rpc_create_tenant);
 H(vault_rpc_list_tenants);
 H(vault_rpc_get_tenant);
@@ -32,16 +33,19 @@ H(vault_rpc_list_token_objects);
 #undef H
 
 #ifdef KV_TEST_HOOKS
-kv_result vault_rpc_advance_clock(void *app, const rpc_ctx *ctx, const uint8_t *b, size_t n, rpc_reply *reply);
+kv_result vault_rpc_advance_clock(void *app, const rpc_ctx *ctx, const uint8_t *b, size_t n,
+                                  rpc_reply *reply);
 VAULT_HANDLER(vault_rpc_advance_clock, Hsmvault__V1__AdvanceClockRequest,
               hsmvault__v1__advance_clock_request__descriptor)
 static kv_result vault_rpc_advance_clock_impl(vault *v, const rpc_ctx *ctx,
-                                              const Hsmvault__V1__AdvanceClockRequest *req, rpc_reply *reply)
+                                              const Hsmvault__V1__AdvanceClockRequest *req,
+                                              rpc_reply *reply)
 {
     KV_ENSURE(v->test_hooks, KV_ERR_UNIMPLEMENTED, "the test clock exists only in vaultd --dev");
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "move the test clock");
+    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL,
+                                  "move the test clock");
     store_read_end(t);
     KV_GUARD(r);
     KV_ENSURE(req->seconds >= 0 && req->seconds <= 10LL * 365 * 86400, KV_ERR_INVALID_ARGUMENT,

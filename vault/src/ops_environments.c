@@ -13,7 +13,7 @@
 #include "vault.h"
 
 #define ENV_READERS                                                                                \
-    (ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_TENANT_ADMIN) |             \
+    (ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_TENANT_ADMIN) |              \
      ROLE_BIT(ROLE_ENVIRONMENT_ADMIN))
 
 static kv_result vault_put_env(store_txn *t, void *arg)
@@ -24,9 +24,10 @@ static kv_result vault_put_env(store_txn *t, void *arg)
 
 VAULT_HANDLER(vault_rpc_create_environment, Hsmvault__V1__CreateEnvironmentRequest,
               hsmvault__v1__create_environment_request__descriptor)
-static kv_result vault_rpc_create_environment_impl(vault *v, const rpc_ctx *ctx,
-                                                   const Hsmvault__V1__CreateEnvironmentRequest *req,
-                                                   rpc_reply *reply)
+static kv_result
+vault_rpc_create_environment_impl(vault *v, const rpc_ctx *ctx,
+                                  const Hsmvault__V1__CreateEnvironmentRequest *req,
+                                  rpc_reply *reply)
 {
     store_txn *t;
     TenantRecord *tr = NULL;
@@ -67,27 +68,9 @@ static kv_result vault_rpc_create_environment_impl(vault *v, const rpc_ctx *ctx,
     return r;
 }
 
-typedef struct {
-    const char *tenant_id;
-    EnvironmentRecord **records;
-    size_t n, cap;
-} vault_env_list;
-
-static kv_result vault_collect_env(const char *key, ProtobufCMessage **msg, void *arg)
+static bool vault_env_of_tenant(const ProtobufCMessage *msg, const void *tenant_id)
 {
-    (void)key;
-    vault_env_list *l = arg;
-    if (strcmp(((EnvironmentRecord *)*msg)->tenant_id, l->tenant_id) != 0) return KV_SUCCESS;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        EnvironmentRecord **p = realloc(l->records, cap * sizeof(*p));
-        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        l->records = p;
-        l->cap = cap;
-    }
-    l->records[l->n++] = (EnvironmentRecord *)*msg;
-    *msg = NULL;
-    return KV_SUCCESS;
+    return strcmp(((const EnvironmentRecord *)msg)->tenant_id, tenant_id) == 0;
 }
 
 VAULT_HANDLER(vault_rpc_list_environments, Hsmvault__V1__ListEnvironmentsRequest,
@@ -98,14 +81,17 @@ static kv_result vault_rpc_list_environments_impl(vault *v, const rpc_ctx *ctx,
 {
     store_txn *t;
     TenantRecord *tr = NULL;
-    vault_env_list l = {.tenant_id = req->tenant_id};
+    store_list l = {0};
     KV_GUARD(store_read_begin(v->store, &t));
     kv_result r = vault_authorize(t, ctx->principal, ENV_READERS, NULL, NULL, "list environments");
     if (kv_ok(r)) r = vault_get_tenant(t, req->tenant_id, &tr);
-    if (kv_ok(r)) r = vault_authorize(t, ctx->principal, ENV_READERS, req->tenant_id, NULL, "list environments");
     if (kv_ok(r))
-        r = store_scan(t, STORE_ENVIRONMENTS, "", &hsmvault__store__environment_record__descriptor,
-                       vault_collect_env, &l);
+        r = vault_authorize(t, ctx->principal, ENV_READERS, req->tenant_id, NULL,
+                            "list environments");
+    if (kv_ok(r))
+        r = store_collect(t, STORE_ENVIRONMENTS, "",
+                          &hsmvault__store__environment_record__descriptor, vault_env_of_tenant,
+                          req->tenant_id, &l);
     store_read_end(t);
     Hsmvault__V1__Environment *apis = calloc(l.n ? l.n : 1, sizeof(*apis));
     Hsmvault__V1__Environment **ptrs = calloc(l.n ? l.n : 1, sizeof(*ptrs));
@@ -113,16 +99,16 @@ static kv_result vault_rpc_list_environments_impl(vault *v, const rpc_ctx *ctx,
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
     if (kv_ok(r)) {
         for (size_t i = 0; i < l.n; i++) {
-            vault_env_to_api(l.records[i], &apis[i]);
+            vault_env_to_api((const EnvironmentRecord *)l.items[i], &apis[i]);
             ptrs[i] = &apis[i];
         }
-        Hsmvault__V1__ListEnvironmentsResponse resp = HSMVAULT__V1__LIST_ENVIRONMENTS_RESPONSE__INIT;
+        Hsmvault__V1__ListEnvironmentsResponse resp =
+            HSMVAULT__V1__LIST_ENVIRONMENTS_RESPONSE__INIT;
         resp.n_environments = l.n;
         resp.environments = ptrs;
         r = vault_reply(reply, &resp.base, false);
     }
-    for (size_t i = 0; i < l.n; i++) kv_pb_free(&l.records[i]->base);
-    free(l.records);
+    store_list_free(&l);
     free(apis);
     free(ptrs);
     if (tr != NULL) kv_pb_free(&tr->base);
@@ -183,8 +169,9 @@ static kv_result vault_env_move(vault *v, const rpc_ctx *ctx, const EnvironmentR
     }
     if (kv_ok(r)) {
         KV_LOG_INFO("environment %s moved to key %s (%s) by %s", e->id, kek_id,
-                    enc == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED ? "customer-managed"
-                                                                                 : "service-managed",
+                    enc == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED
+                        ? "customer-managed"
+                        : "service-managed",
                     ctx->principal);
         Hsmvault__V1__Environment api;
         vault_env_to_api(after, &api);
@@ -199,13 +186,16 @@ static kv_result vault_env_must_be_active(const EnvironmentRecord *e)
 {
     KV_ENSURE(e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ACTIVE,
               KV_ERR_FAILED_PRECONDITION, "environment %s is %s", e->id,
-              e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED ? "locked" : "deleted");
+              e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED ? "locked"
+                                                                                    : "deleted");
     return KV_SUCCESS;
 }
 
-VAULT_HANDLER(vault_rpc_apply_key, Hsmvault__V1__ApplyKeyRequest, hsmvault__v1__apply_key_request__descriptor)
+VAULT_HANDLER(vault_rpc_apply_key, Hsmvault__V1__ApplyKeyRequest,
+              hsmvault__v1__apply_key_request__descriptor)
 static kv_result vault_rpc_apply_key_impl(vault *v, const rpc_ctx *ctx,
-                                          const Hsmvault__V1__ApplyKeyRequest *req, rpc_reply *reply)
+                                          const Hsmvault__V1__ApplyKeyRequest *req,
+                                          rpc_reply *reply)
 {
     EnvironmentRecord *e = NULL;
     TenantRecord *tr = NULL;
@@ -214,9 +204,10 @@ static kv_result vault_rpc_apply_key_impl(vault *v, const rpc_ctx *ctx,
     pthread_mutex_lock(&v->lifecycle);
     kv_result r = vault_env_must_be_active(e);
     if (kv_ok(r) && tr->active_key_id[0] == '\0')
-        r = kv_error_set(KV_ERR_FAILED_PRECONDITION, __FILE__, __LINE__,
-                         "tenant %s has no active key; a tenant admin must generate or upload one first",
-                         tr->id);
+        r = kv_error_set(
+            KV_ERR_FAILED_PRECONDITION, __FILE__, __LINE__,
+            "tenant %s has no active key; a tenant admin must generate or upload one first",
+            tr->id);
     if (kv_ok(r) && e->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED &&
         strcmp(e->kek_id, tr->active_key_id) == 0)
         r = kv_error_set(KV_ERR_FAILED_PRECONDITION, __FILE__, __LINE__,
@@ -233,9 +224,10 @@ static kv_result vault_rpc_apply_key_impl(vault *v, const rpc_ctx *ctx,
 
 VAULT_HANDLER(vault_rpc_return_to_service_key, Hsmvault__V1__ReturnToServiceKeyRequest,
               hsmvault__v1__return_to_service_key_request__descriptor)
-static kv_result vault_rpc_return_to_service_key_impl(vault *v, const rpc_ctx *ctx,
-                                                      const Hsmvault__V1__ReturnToServiceKeyRequest *req,
-                                                      rpc_reply *reply)
+static kv_result
+vault_rpc_return_to_service_key_impl(vault *v, const rpc_ctx *ctx,
+                                     const Hsmvault__V1__ReturnToServiceKeyRequest *req,
+                                     rpc_reply *reply)
 {
     EnvironmentRecord *e = NULL;
     TenantRecord *tr = NULL;

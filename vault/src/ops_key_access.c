@@ -24,7 +24,8 @@ static kv_result vault_scan_db_name(const char *key, ProtobufCMessage **msg, voi
     const vault_new_db_ctx *c = arg;
     const DatabaseRecord *d = (const DatabaseRecord *)*msg;
     KV_ENSURE(strcmp(d->name, c->name) != 0, KV_ERR_ALREADY_EXISTS,
-              "environment %s already has a database named '%s' (%s)", d->environment_id, d->name, d->id);
+              "environment %s already has a database named '%s' (%s)", d->environment_id, d->name,
+              d->id);
     return KV_SUCCESS;
 }
 
@@ -47,7 +48,8 @@ static kv_result vault_new_db_commit(store_txn *t, void *arg)
     return store_put(t, STORE_DATABASES, k, &c->db->base);
 }
 
-static kv_result vault_reply_dek(vault *v, const DatabaseRecord *db, const kv_secret *dek, rpc_reply *reply)
+static kv_result vault_reply_dek(vault *v, const DatabaseRecord *db, const kv_secret *dek,
+                                 rpc_reply *reply)
 {
     Hsmvault__V1__Database api;
     vault_db_to_api(db, &api);
@@ -59,18 +61,19 @@ static kv_result vault_reply_dek(vault *v, const DatabaseRecord *db, const kv_se
 }
 
 /* Role check, environment load and scope check for a storage node. */
-static kv_result vault_node_env(store_txn *t, const rpc_ctx *ctx, const char *env_id, const char *action,
-                                EnvironmentRecord **env)
+static kv_result vault_node_env(store_txn *t, const rpc_ctx *ctx, const char *env_id,
+                                const char *action, EnvironmentRecord **env)
 {
     KV_GUARD(vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_STORAGE_NODE), NULL, NULL, action));
     KV_GUARD(vault_get_environment(t, env_id, env));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_STORAGE_NODE), (*env)->tenant_id, env_id,
-                                  action);
+    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_STORAGE_NODE), (*env)->tenant_id,
+                                  env_id, action);
     if (kv_ok(r) && (*env)->state != HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ACTIVE)
         r = kv_error_set(KV_ERR_FAILED_PRECONDITION, __FILE__, __LINE__,
                          "environment %s is %s: its database keys cannot be used", env_id,
-                         (*env)->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED ? "locked"
-                                                                                                    : "deleted");
+                         (*env)->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED
+                             ? "locked"
+                             : "deleted");
     if (kv_failed(r)) {
         kv_pb_free(&(*env)->base);
         *env = NULL;
@@ -80,9 +83,10 @@ static kv_result vault_node_env(store_txn *t, const rpc_ctx *ctx, const char *en
 
 VAULT_HANDLER(vault_rpc_create_database_key, Hsmvault__V1__CreateDatabaseKeyRequest,
               hsmvault__v1__create_database_key_request__descriptor)
-static kv_result vault_rpc_create_database_key_impl(vault *v, const rpc_ctx *ctx,
-                                                    const Hsmvault__V1__CreateDatabaseKeyRequest *req,
-                                                    rpc_reply *reply)
+static kv_result
+vault_rpc_create_database_key_impl(vault *v, const rpc_ctx *ctx,
+                                   const Hsmvault__V1__CreateDatabaseKeyRequest *req,
+                                   rpc_reply *reply)
 {
     store_txn *t;
     EnvironmentRecord *e = NULL;
@@ -127,8 +131,8 @@ static kv_result vault_rpc_create_database_key_impl(vault *v, const rpc_ctx *ctx
     return r;
 }
 
-static kv_result vault_unwrap(vault *v, const rpc_ctx *ctx, const Hsmvault__V1__UnwrapDatabaseKeyRequest *req,
-                              rpc_reply *reply)
+static kv_result vault_unwrap(vault *v, const rpc_ctx *ctx,
+                              const Hsmvault__V1__UnwrapDatabaseKeyRequest *req, rpc_reply *reply)
 {
     store_txn *t;
     EnvironmentRecord *e = NULL;
@@ -152,9 +156,10 @@ static kv_result vault_unwrap(vault *v, const rpc_ctx *ctx, const Hsmvault__V1__
 
 VAULT_HANDLER(vault_rpc_unwrap_database_key, Hsmvault__V1__UnwrapDatabaseKeyRequest,
               hsmvault__v1__unwrap_database_key_request__descriptor)
-static kv_result vault_rpc_unwrap_database_key_impl(vault *v, const rpc_ctx *ctx,
-                                                    const Hsmvault__V1__UnwrapDatabaseKeyRequest *req,
-                                                    rpc_reply *reply)
+static kv_result
+vault_rpc_unwrap_database_key_impl(vault *v, const rpc_ctx *ctx,
+                                   const Hsmvault__V1__UnwrapDatabaseKeyRequest *req,
+                                   rpc_reply *reply)
 {
     return vault_unwrap(v, ctx, req, reply);
 }
@@ -170,27 +175,6 @@ static kv_result vault_rpc_renew_lease_impl(vault *v, const rpc_ctx *ctx,
     return vault_unwrap(v, ctx, req, reply);
 }
 
-typedef struct {
-    DatabaseRecord **records;
-    size_t n, cap;
-} vault_db_rec_list;
-
-static kv_result vault_collect_db_rec(const char *key, ProtobufCMessage **msg, void *arg)
-{
-    (void)key;
-    vault_db_rec_list *l = arg;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        DatabaseRecord **p = realloc(l->records, cap * sizeof(*p));
-        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        l->records = p;
-        l->cap = cap;
-    }
-    l->records[l->n++] = (DatabaseRecord *)*msg;
-    *msg = NULL;
-    return KV_SUCCESS;
-}
-
 VAULT_HANDLER(vault_rpc_list_databases, Hsmvault__V1__ListDatabasesRequest,
               hsmvault__v1__list_databases_request__descriptor)
 static kv_result vault_rpc_list_databases_impl(vault *v, const rpc_ctx *ctx,
@@ -199,17 +183,19 @@ static kv_result vault_rpc_list_databases_impl(vault *v, const rpc_ctx *ctx,
 {
     store_txn *t;
     EnvironmentRecord *e = NULL;
-    vault_db_rec_list l = {0};
-    unsigned roles = ROLE_BIT(ROLE_STORAGE_NODE) | ROLE_BIT(ROLE_ENVIRONMENT_ADMIN) | ROLE_BIT(ROLE_AUDITOR);
+    store_list l = {0};
+    unsigned roles =
+        ROLE_BIT(ROLE_STORAGE_NODE) | ROLE_BIT(ROLE_ENVIRONMENT_ADMIN) | ROLE_BIT(ROLE_AUDITOR);
     KV_GUARD(store_read_begin(v->store, &t));
     kv_result r = vault_authorize(t, ctx->principal, roles, NULL, NULL, "list databases");
     if (kv_ok(r)) r = vault_get_environment(t, req->environment_id, &e);
-    if (kv_ok(r)) r = vault_authorize(t, ctx->principal, roles, e->tenant_id, e->id, "list databases");
+    if (kv_ok(r))
+        r = vault_authorize(t, ctx->principal, roles, e->tenant_id, e->id, "list databases");
     char prefix[VAULT_ID_MAX + 2];
     snprintf(prefix, sizeof(prefix), "%s/", req->environment_id);
     if (kv_ok(r))
-        r = store_scan(t, STORE_DATABASES, prefix, &hsmvault__store__database_record__descriptor,
-                       vault_collect_db_rec, &l);
+        r = store_collect(t, STORE_DATABASES, prefix, &hsmvault__store__database_record__descriptor,
+                          NULL, NULL, &l);
     store_read_end(t);
     Hsmvault__V1__Database *apis = calloc(l.n ? l.n : 1, sizeof(*apis));
     Hsmvault__V1__Database **ptrs = calloc(l.n ? l.n : 1, sizeof(*ptrs));
@@ -217,7 +203,7 @@ static kv_result vault_rpc_list_databases_impl(vault *v, const rpc_ctx *ctx,
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
     if (kv_ok(r)) {
         for (size_t i = 0; i < l.n; i++) {
-            vault_db_to_api(l.records[i], &apis[i]);
+            vault_db_to_api((const DatabaseRecord *)l.items[i], &apis[i]);
             ptrs[i] = &apis[i];
         }
         Hsmvault__V1__ListDatabasesResponse resp = HSMVAULT__V1__LIST_DATABASES_RESPONSE__INIT;
@@ -225,8 +211,7 @@ static kv_result vault_rpc_list_databases_impl(vault *v, const rpc_ctx *ctx,
         resp.databases = ptrs;
         r = vault_reply(reply, &resp.base, false);
     }
-    for (size_t i = 0; i < l.n; i++) kv_pb_free(&l.records[i]->base);
-    free(l.records);
+    store_list_free(&l);
     free(apis);
     free(ptrs);
     if (e != NULL) kv_pb_free(&e->base);

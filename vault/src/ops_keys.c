@@ -23,9 +23,9 @@ static bool vault_key_is_live(const KeyRecord *k)
 
 typedef struct {
     const uint8_t *fingerprint;
-    const char *dup_id;   /* set when the fingerprint is already a live key */
+    const char *dup_id; /* set when the fingerprint is already a live key */
     char dup_buf[VAULT_ID_MAX];
-    size_t live;          /* live tenant keys */
+    size_t live; /* live tenant keys */
 } vault_key_scan;
 
 static kv_result vault_scan_keys(const char *key, ProtobufCMessage **msg, void *arg)
@@ -51,9 +51,12 @@ static kv_result vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char 
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
     /* role first, so a caller without it learns nothing about tenants */
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN), NULL, NULL, action);
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN), NULL, NULL, action);
     if (kv_ok(r)) r = vault_get_tenant(t, tenant_id, tenant);
-    if (kv_ok(r)) r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN), tenant_id, NULL, action);
+    if (kv_ok(r))
+        r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN), tenant_id, NULL,
+                            action);
     store_read_end(t);
     if (kv_failed(r) && *tenant == NULL) return r;
     if (kv_ok(r) && !(*tenant)->self_managed_keys) {
@@ -129,7 +132,8 @@ static kv_result vault_add_tenant_key(vault *v, const rpc_ctx *ctx, const char *
     kv_result r = KV_SUCCESS;
 
     pthread_mutex_lock(&v->lifecycle);
-    KV_GUARD_GOTO(hsm_rsa_import_pkcs8(v->hsm, label, pkcs8, &hid, &tok_spki, &tok_spki_len), r, out);
+    KV_GUARD_GOTO(hsm_rsa_import_pkcs8(v->hsm, label, pkcs8, &hid, &tok_spki, &tok_spki_len), r,
+                  out);
     if (tok_spki_len != spki_len || memcmp(tok_spki, spki, spki_len) != 0) {
         r = kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__,
                          "the token holds a different public key than the one imported");
@@ -163,10 +167,11 @@ static kv_result vault_add_tenant_key(vault *v, const rpc_ctx *ctx, const char *
         r = vault_reply(reply, &api.base, false);
     }
     goto out;
-destroy: {
+destroy : {
     kv_error_record saved;
     kv_error_save(&saved);
-    if (kv_failed(hsm_key_destroy(v->hsm, &hid))) kv_log_error_record(KV_LOG_WARN, "removing the new key");
+    if (kv_failed(hsm_key_destroy(v->hsm, &hid)))
+        kv_log_error_record(KV_LOG_WARN, "removing the new key");
     kv_error_restore(&saved);
 }
 out:
@@ -177,8 +182,9 @@ out:
 
 static kv_result vault_password(const ProtobufCBinaryData *pw, kv_secret *out)
 {
-    KV_ENSURE(pw->len >= VAULT_PASSWORD_MIN && pw->len <= VAULT_PASSWORD_MAX, KV_ERR_INVALID_ARGUMENT,
-              "the password must be %d to %d bytes long", VAULT_PASSWORD_MIN, VAULT_PASSWORD_MAX);
+    KV_ENSURE(pw->len >= VAULT_PASSWORD_MIN && pw->len <= VAULT_PASSWORD_MAX,
+              KV_ERR_INVALID_ARGUMENT, "the password must be %d to %d bytes long",
+              VAULT_PASSWORD_MIN, VAULT_PASSWORD_MAX);
     return kv_secret_from(out, pw->data, pw->len);
 }
 
@@ -202,8 +208,8 @@ static kv_result vault_rpc_generate_key_impl(vault *v, const rpc_ctx *ctx,
     }
     if (kv_ok(r))
         r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name,
-                                 HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED, &pkcs8, spki, spki_len,
-                                 reply, pfx, pfx_len);
+                                 HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED, &pkcs8, spki,
+                                 spki_len, reply, pfx, pfx_len);
     kv_secret_free(&pw);
     kv_secret_free(&pkcs8);
     kv_pb_buf_free(pfx, pfx_len);
@@ -215,7 +221,8 @@ static kv_result vault_rpc_generate_key_impl(vault *v, const rpc_ctx *ctx,
 VAULT_HANDLER(vault_rpc_upload_key, Hsmvault__V1__UploadKeyRequest,
               hsmvault__v1__upload_key_request__descriptor)
 static kv_result vault_rpc_upload_key_impl(vault *v, const rpc_ctx *ctx,
-                                           const Hsmvault__V1__UploadKeyRequest *req, rpc_reply *reply)
+                                           const Hsmvault__V1__UploadKeyRequest *req,
+                                           rpc_reply *reply)
 {
     TenantRecord *tr = NULL;
     KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "upload keys", &tr));
@@ -224,7 +231,8 @@ static kv_result vault_rpc_upload_key_impl(vault *v, const rpc_ctx *ctx,
     size_t spki_len = 0;
     kv_result r = vault_check_text("name", req->name, 128);
     const Hsmvault__V1__KeyMaterial *m = req->material;
-    if (kv_ok(r) && (m == NULL || m->material_case == HSMVAULT__V1__KEY_MATERIAL__MATERIAL__NOT_SET))
+    if (kv_ok(r) &&
+        (m == NULL || m->material_case == HSMVAULT__V1__KEY_MATERIAL__MATERIAL__NOT_SET))
         r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
                          "material is required: a PFX file with its password, or a .byok file");
     if (kv_ok(r) && m->material_case == HSMVAULT__V1__KEY_MATERIAL__MATERIAL_BYOK)
@@ -237,8 +245,9 @@ static kv_result vault_rpc_upload_key_impl(vault *v, const rpc_ctx *ctx,
     }
     if (kv_ok(r)) r = pfx_open(m->pfx.data, m->pfx.len, &pw, &pkcs8, &spki, &spki_len);
     if (kv_ok(r))
-        r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name, HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_PFX,
-                                 &pkcs8, spki, spki_len, reply, NULL, 0);
+        r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name,
+                                 HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_PFX, &pkcs8, spki, spki_len,
+                                 reply, NULL, 0);
     kv_secret_free(&pw);
     kv_secret_free(&pkcs8);
     free(spki);
@@ -246,39 +255,25 @@ static kv_result vault_rpc_upload_key_impl(vault *v, const rpc_ctx *ctx,
     return r;
 }
 
-typedef struct {
-    KeyRecord **records;
-    size_t n, cap;
-} vault_key_list;
-
-static kv_result vault_collect_key(const char *key, ProtobufCMessage **msg, void *arg)
+static bool vault_is_tenant_key(const ProtobufCMessage *msg, const void *arg)
 {
-    (void)key;
-    vault_key_list *l = arg;
-    const KeyRecord *k = (const KeyRecord *)*msg;
-    if (k->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE) return KV_SUCCESS;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        KeyRecord **p = realloc(l->records, cap * sizeof(*p));
-        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        l->records = p;
-        l->cap = cap;
-    }
-    l->records[l->n++] = (KeyRecord *)*msg;
-    *msg = NULL;
-    return KV_SUCCESS;
+    (void)arg;
+    return ((const KeyRecord *)msg)->source != HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE;
 }
 
-VAULT_HANDLER(vault_rpc_list_keys, Hsmvault__V1__ListKeysRequest, hsmvault__v1__list_keys_request__descriptor)
+VAULT_HANDLER(vault_rpc_list_keys, Hsmvault__V1__ListKeysRequest,
+              hsmvault__v1__list_keys_request__descriptor)
 static kv_result vault_rpc_list_keys_impl(vault *v, const rpc_ctx *ctx,
-                                          const Hsmvault__V1__ListKeysRequest *req, rpc_reply *reply)
+                                          const Hsmvault__V1__ListKeysRequest *req,
+                                          rpc_reply *reply)
 {
     store_txn *t;
-    vault_key_list l = {0};
+    store_list l = {0};
     TenantRecord *tr = NULL;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN) | ROLE_BIT(ROLE_AUDITOR),
-                                  NULL, NULL, "list keys");
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN) | ROLE_BIT(ROLE_AUDITOR),
+                        NULL, NULL, "list keys");
     if (kv_ok(r)) r = vault_get_tenant(t, req->tenant_id, &tr);
     if (kv_ok(r))
         r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_TENANT_ADMIN) | ROLE_BIT(ROLE_AUDITOR),
@@ -286,16 +281,17 @@ static kv_result vault_rpc_list_keys_impl(vault *v, const rpc_ctx *ctx,
     char prefix[VAULT_ID_MAX + 2];
     snprintf(prefix, sizeof(prefix), "%s/", req->tenant_id);
     if (kv_ok(r))
-        r = store_scan(t, STORE_KEYS, prefix, &hsmvault__store__key_record__descriptor, vault_collect_key, &l);
+        r = store_collect(t, STORE_KEYS, prefix, &hsmvault__store__key_record__descriptor,
+                          vault_is_tenant_key, NULL, &l);
     store_read_end(t);
     Hsmvault__V1__TenantKey *apis = calloc(l.n ? l.n : 1, sizeof(*apis));
     Hsmvault__V1__TenantKey **ptrs = calloc(l.n ? l.n : 1, sizeof(*ptrs));
-    char (*fps)[65] = calloc(l.n ? l.n : 1, sizeof(*fps));
+    char(*fps)[65] = calloc(l.n ? l.n : 1, sizeof(*fps));
     if (kv_ok(r) && (apis == NULL || ptrs == NULL || fps == NULL))
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
     if (kv_ok(r)) {
         for (size_t i = 0; i < l.n; i++) {
-            vault_key_to_api(l.records[i], &apis[i], fps[i]);
+            vault_key_to_api((const KeyRecord *)l.items[i], &apis[i], fps[i]);
             ptrs[i] = &apis[i];
         }
         Hsmvault__V1__ListKeysResponse resp = HSMVAULT__V1__LIST_KEYS_RESPONSE__INIT;
@@ -303,8 +299,7 @@ static kv_result vault_rpc_list_keys_impl(vault *v, const rpc_ctx *ctx,
         resp.keys = ptrs;
         r = vault_reply(reply, &resp.base, false);
     }
-    for (size_t i = 0; i < l.n; i++) kv_pb_free(&l.records[i]->base);
-    free(l.records);
+    store_list_free(&l);
     free(apis);
     free(ptrs);
     free(fps);
@@ -401,26 +396,31 @@ static kv_result vault_rpc_activate_key_impl(vault *v, const rpc_ctx *ctx,
     KV_GUARD_GOTO(vault_get_key(t, req->tenant_id, req->key_id, &nk), r, out);
     if (nk->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE ||
         nk->state != HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE) {
-        static const char *const names[] = {"unspecified", "available", "installing", "active", "locked", "deleted"};
-        const char *state = (unsigned)nk->state < KV_ARRAY_LEN(names) ? names[nk->state] : "unknown";
+        static const char *const names[] = {"unspecified", "available", "installing",
+                                            "active",      "locked",    "deleted"};
+        const char *state =
+            (unsigned)nk->state < KV_ARRAY_LEN(names) ? names[nk->state] : "unknown";
         KV_BAIL_GOTO(r, out, KV_ERR_FAILED_PRECONDITION,
                      nk->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE
                          ? "key %s is the tenant's service key and cannot be activated (state %s)"
                          : "key %s is %s; only an available key can be activated",
                      req->key_id, state);
     }
-    KV_GUARD_GOTO(store_scan(t, STORE_ENVIRONMENTS, "", &hsmvault__store__environment_record__descriptor,
-                             vault_collect_cm_env, &envs),
+    KV_GUARD_GOTO(store_scan(t, STORE_ENVIRONMENTS, "",
+                             &hsmvault__store__environment_record__descriptor, vault_collect_cm_env,
+                             &envs),
                   r, out);
     store_read_end(t);
     t = NULL;
     /* Every customer-managed environment moves to the new key; pages are not
      * touched, only DEK wrappings. */
     for (size_t i = 0; i < envs.n; i++)
-        KV_GUARD_GOTO(vault_rewrap_environment(v, envs.ids[i], nk,
-                                               HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED),
-                      r, out);
-    vault_activate_ctx c = {.tenant_id = req->tenant_id, .key_id = req->key_id, .now = kv_clock_now()};
+        KV_GUARD_GOTO(
+            vault_rewrap_environment(v, envs.ids[i], nk,
+                                     HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED),
+            r, out);
+    vault_activate_ctx c = {
+        .tenant_id = req->tenant_id, .key_id = req->key_id, .now = kv_clock_now()};
     KV_GUARD_GOTO(store_update(v->store, vault_activate_commit, &c), r, out);
     KV_LOG_INFO("tenant %s: key %s activated by %s (%zu environments re-wrapped)", req->tenant_id,
                 req->key_id, ctx->principal, envs.n);

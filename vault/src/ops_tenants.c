@@ -19,12 +19,15 @@
 
 static kv_result vault_check_subscription(const char *sub)
 {
-    KV_ENSURE(sub != NULL && sub[0] != '\0', KV_ERR_INVALID_ARGUMENT, "subscription_id is required");
+    KV_ENSURE(sub != NULL && sub[0] != '\0', KV_ERR_INVALID_ARGUMENT,
+              "subscription_id is required");
     size_t n = strlen(sub);
-    KV_ENSURE(n <= 64, KV_ERR_INVALID_ARGUMENT, "subscription_id is %zu characters; the limit is 64", n);
+    KV_ENSURE(n <= 64, KV_ERR_INVALID_ARGUMENT,
+              "subscription_id is %zu characters; the limit is 64", n);
     for (size_t i = 0; i < n; i++) {
         char c = sub[i];
-        KV_ENSURE((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-',
+        KV_ENSURE((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '-',
                   KV_ERR_INVALID_ARGUMENT,
                   "subscription_id may hold only letters, digits and '-' (position %zu)", i);
     }
@@ -63,7 +66,8 @@ static kv_result vault_rpc_create_tenant_impl(vault *v, const rpc_ctx *ctx,
 {
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "create tenants");
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "create tenants");
     store_read_end(t);
     KV_GUARD(r);
     KV_GUARD(vault_check_text("name", req->name, 128));
@@ -71,7 +75,8 @@ static kv_result vault_rpc_create_tenant_impl(vault *v, const rpc_ctx *ctx,
     KV_ENSURE(req->n_admin_contacts >= 1 && req->n_admin_contacts <= VAULT_MAX_CONTACTS,
               KV_ERR_INVALID_ARGUMENT, "a tenant needs 1 to %d admin contacts (got %zu)",
               VAULT_MAX_CONTACTS, req->n_admin_contacts);
-    for (size_t i = 0; i < req->n_admin_contacts; i++) KV_GUARD(vault_check_contact(req->admin_contacts[i]));
+    for (size_t i = 0; i < req->n_admin_contacts; i++)
+        KV_GUARD(vault_check_contact(req->admin_contacts[i]));
 
     char tenant_id[VAULT_ID_MAX], key_id[VAULT_ID_MAX], label[128];
     vault_new_id("tnt", tenant_id);
@@ -122,10 +127,11 @@ static kv_result vault_rpc_create_tenant_impl(vault *v, const rpc_ctx *ctx,
     api.service_key_fingerprint = fp_hex;
     r = vault_reply(reply, &api.base, false);
     goto out;
-destroy: {
+destroy : {
     kv_error_record saved;
     kv_error_save(&saved);
-    if (kv_failed(hsm_key_destroy(v->hsm, &hid))) kv_log_error_record(KV_LOG_WARN, "removing the new service key");
+    if (kv_failed(hsm_key_destroy(v->hsm, &hid)))
+        kv_log_error_record(KV_LOG_WARN, "removing the new service key");
     kv_error_restore(&saved);
 }
 out:
@@ -172,15 +178,17 @@ static kv_result vault_rpc_list_tenants_impl(vault *v, const rpc_ctx *ctx,
     vault_tenant_list l = {0};
     Hsmvault__V1__Tenant *apis = NULL;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR),
-                                  NULL, NULL, "list tenants");
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR), NULL,
+                        NULL, "list tenants");
     if (kv_ok(r))
         r = store_scan(t, STORE_TENANTS, "", &hsmvault__store__tenant_record__descriptor,
                        vault_collect_tenant, &l);
     store_read_end(t);
     if (kv_ok(r)) {
         apis = calloc(l.n ? l.n : 1, sizeof(*apis));
-        if (apis == NULL) r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
+        if (apis == NULL)
+            r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
     }
     if (kv_ok(r)) {
         for (size_t i = 0; i < l.n; i++) {
@@ -192,7 +200,8 @@ static kv_result vault_rpc_list_tenants_impl(vault *v, const rpc_ctx *ctx,
         resp.tenants = l.items;
         r = vault_reply(reply, &resp.base, false);
     }
-    for (size_t i = 0; i < l.n; i++) kv_pb_free(&l.records[i]->base);
+    for (size_t i = 0; i < l.n; i++)
+        kv_pb_free(&l.records[i]->base);
     free(l.records);
     free(l.items);
     free(apis);
@@ -202,15 +211,17 @@ static kv_result vault_rpc_list_tenants_impl(vault *v, const rpc_ctx *ctx,
 VAULT_HANDLER(vault_rpc_get_tenant, Hsmvault__V1__GetTenantRequest,
               hsmvault__v1__get_tenant_request__descriptor)
 static kv_result vault_rpc_get_tenant_impl(vault *v, const rpc_ctx *ctx,
-                                           const Hsmvault__V1__GetTenantRequest *req, rpc_reply *reply)
+                                           const Hsmvault__V1__GetTenantRequest *req,
+                                           rpc_reply *reply)
 {
     store_txn *t;
     TenantRecord *tr = NULL;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal,
-                                  ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR) |
-                                      ROLE_BIT(ROLE_TENANT_ADMIN) | ROLE_BIT(ROLE_ENVIRONMENT_ADMIN),
-                                  req->tenant_id, NULL, "read this tenant");
+    kv_result r =
+        vault_authorize(t, ctx->principal,
+                        ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR) |
+                            ROLE_BIT(ROLE_TENANT_ADMIN) | ROLE_BIT(ROLE_ENVIRONMENT_ADMIN),
+                        req->tenant_id, NULL, "read this tenant");
     if (kv_ok(r)) r = vault_get_tenant(t, req->tenant_id, &tr);
     store_read_end(t);
     KV_GUARD(r);
@@ -239,9 +250,10 @@ static kv_result vault_enable_commit(store_txn *t, void *arg)
 
 VAULT_HANDLER(vault_rpc_enable_self_managed, Hsmvault__V1__EnableSelfManagedKeysRequest,
               hsmvault__v1__enable_self_managed_keys_request__descriptor)
-static kv_result vault_rpc_enable_self_managed_impl(vault *v, const rpc_ctx *ctx,
-                                                    const Hsmvault__V1__EnableSelfManagedKeysRequest *req,
-                                                    rpc_reply *reply)
+static kv_result
+vault_rpc_enable_self_managed_impl(vault *v, const rpc_ctx *ctx,
+                                   const Hsmvault__V1__EnableSelfManagedKeysRequest *req,
+                                   rpc_reply *reply)
 {
     store_txn *t;
     TenantRecord *tr = NULL;
@@ -299,18 +311,20 @@ static kv_result vault_check_binding(store_txn *t, const Hsmvault__V1__RoleBindi
 VAULT_HANDLER(vault_rpc_bind_role, Hsmvault__V1__BindRoleRequest,
               hsmvault__v1__bind_role_request__descriptor)
 static kv_result vault_rpc_bind_role_impl(vault *v, const rpc_ctx *ctx,
-                                          const Hsmvault__V1__BindRoleRequest *req, rpc_reply *reply)
+                                          const Hsmvault__V1__BindRoleRequest *req,
+                                          rpc_reply *reply)
 {
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "bind roles");
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "bind roles");
     if (kv_ok(r)) r = vault_check_binding(t, req->binding);
     store_read_end(t);
     KV_GUARD(r);
     const Hsmvault__V1__RoleBinding *b = req->binding;
     KV_GUARD(vault_bind_role(v, b->principal, b->role, b->tenant_id, b->environment_id));
-    KV_LOG_INFO("%s bound %s to role %d (tenant '%s', environment '%s')", ctx->principal, b->principal,
-                b->role, b->tenant_id, b->environment_id);
+    KV_LOG_INFO("%s bound %s to role %d (tenant '%s', environment '%s')", ctx->principal,
+                b->principal, b->role, b->tenant_id, b->environment_id);
     return vault_reply(reply, &b->base, false);
 }
 
@@ -324,8 +338,9 @@ static kv_result vault_unbind_commit(store_txn *t, void *arg)
     vault_unbind_ctx *c = arg;
     PrincipalRecord *p = NULL;
     c->removed = false;
-    kv_result r = store_get(t, STORE_PRINCIPALS, c->del->principal,
-                            &hsmvault__store__principal_record__descriptor, (ProtobufCMessage **)&p);
+    kv_result r =
+        store_get(t, STORE_PRINCIPALS, c->del->principal,
+                  &hsmvault__store__principal_record__descriptor, (ProtobufCMessage **)&p);
     if (kv_failed(r)) return kv_error_code() == KV_ERR_NOT_FOUND ? KV_SUCCESS : r;
     size_t keep = 0;
     for (size_t i = 0; i < p->n_bindings; i++) {
@@ -347,11 +362,13 @@ static kv_result vault_unbind_commit(store_txn *t, void *arg)
 VAULT_HANDLER(vault_rpc_unbind_role, Hsmvault__V1__UnbindRoleRequest,
               hsmvault__v1__unbind_role_request__descriptor)
 static kv_result vault_rpc_unbind_role_impl(vault *v, const rpc_ctx *ctx,
-                                            const Hsmvault__V1__UnbindRoleRequest *req, rpc_reply *reply)
+                                            const Hsmvault__V1__UnbindRoleRequest *req,
+                                            rpc_reply *reply)
 {
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "unbind roles");
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR), NULL, NULL, "unbind roles");
     store_read_end(t);
     KV_GUARD(r);
     KV_ENSURE(req->binding != NULL, KV_ERR_INVALID_ARGUMENT, "binding is required");
@@ -400,8 +417,8 @@ static kv_result vault_collect_bindings(const char *key, ProtobufCMessage **msg,
     return KV_SUCCESS;
 }
 
-static kv_result vault_reply_bindings(vault_binding_list *l, const char *principal, rpc_reply *reply,
-                                      bool whoami)
+static kv_result vault_reply_bindings(vault_binding_list *l, const char *principal,
+                                      rpc_reply *reply, bool whoami)
 {
     kv_result r;
     if (whoami) {
@@ -411,12 +428,14 @@ static kv_result vault_reply_bindings(vault_binding_list *l, const char *princip
         resp.bindings = l->items;
         r = vault_reply(reply, &resp.base, false);
     } else {
-        Hsmvault__V1__ListRoleBindingsResponse resp = HSMVAULT__V1__LIST_ROLE_BINDINGS_RESPONSE__INIT;
+        Hsmvault__V1__ListRoleBindingsResponse resp =
+            HSMVAULT__V1__LIST_ROLE_BINDINGS_RESPONSE__INIT;
         resp.n_bindings = l->n_items;
         resp.bindings = l->items;
         r = vault_reply(reply, &resp.base, false);
     }
-    for (size_t i = 0; i < l->n_records; i++) kv_pb_free(&l->records[i]->base);
+    for (size_t i = 0; i < l->n_records; i++)
+        kv_pb_free(&l->records[i]->base);
     free(l->records);
     free(l->items);
     return r;
@@ -431,8 +450,9 @@ static kv_result vault_rpc_list_bindings_impl(vault *v, const rpc_ctx *ctx,
     store_txn *t;
     vault_binding_list l = {.only = req->principal};
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR),
-                                  NULL, NULL, "list role bindings");
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_OPERATOR) | ROLE_BIT(ROLE_AUDITOR), NULL,
+                        NULL, "list role bindings");
     if (kv_ok(r))
         r = store_scan(t, STORE_PRINCIPALS, "", &hsmvault__store__principal_record__descriptor,
                        vault_collect_bindings, &l);
@@ -446,16 +466,18 @@ static kv_result vault_rpc_list_bindings_impl(vault *v, const rpc_ctx *ctx,
     return rr;
 }
 
-VAULT_HANDLER(vault_rpc_whoami, Hsmvault__V1__WhoAmIRequest, hsmvault__v1__who_am_irequest__descriptor)
-static kv_result vault_rpc_whoami_impl(vault *v, const rpc_ctx *ctx, const Hsmvault__V1__WhoAmIRequest *req,
-                                       rpc_reply *reply)
+VAULT_HANDLER(vault_rpc_whoami, Hsmvault__V1__WhoAmIRequest,
+              hsmvault__v1__who_am_irequest__descriptor)
+static kv_result vault_rpc_whoami_impl(vault *v, const rpc_ctx *ctx,
+                                       const Hsmvault__V1__WhoAmIRequest *req, rpc_reply *reply)
 {
     (void)req;
     store_txn *t;
     vault_binding_list l = {.only = ctx->principal};
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = store_scan(t, STORE_PRINCIPALS, ctx->principal,
-                             &hsmvault__store__principal_record__descriptor, vault_collect_bindings, &l);
+    kv_result r =
+        store_scan(t, STORE_PRINCIPALS, ctx->principal,
+                   &hsmvault__store__principal_record__descriptor, vault_collect_bindings, &l);
     store_read_end(t);
     kv_result rr = vault_reply_bindings(&l, ctx->principal, reply, true);
     if (kv_failed(r)) {

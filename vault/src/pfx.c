@@ -13,6 +13,8 @@
  */
 #include "pfx.h"
 
+#include "ossl.h"
+
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -52,22 +54,6 @@ static void providers_load(void)
     ERR_clear_error();
 }
 
-/* Fails with code and msg; the OpenSSL reason (if any) goes to the detail,
- * and the OpenSSL error queue is emptied. */
-static kv_result ossl_fail(kv_code code, const char *file, int line, const char *msg)
-{
-    unsigned long e = ERR_peek_last_error();
-    kv_error_set(code, file, line, "%s", msg);
-    if (e != 0) {
-        char buf[256];
-        ERR_error_string_n(e, buf, sizeof(buf));
-        kv_error_detail("openssl: %s", buf);
-    }
-    ERR_clear_error();
-    return KV_FAILURE;
-}
-#define OSSL_FAIL(code, msg) ossl_fail((code), __FILE__, __LINE__, (msg))
-
 /* The password as a NUL-terminated copy in a kv_secret. */
 static kv_result password_cstr(const kv_secret *pw, kv_secret *out)
 {
@@ -90,7 +76,8 @@ static void key_description(const EVP_PKEY *k, char *out, size_t cap)
     } else if (id == EVP_PKEY_EC) {
         char curve[64] = "";
         size_t len = 0;
-        if (!EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof(curve), &len))
+        if (!EVP_PKEY_get_utf8_string_param(k, OSSL_PKEY_PARAM_GROUP_NAME, curve, sizeof(curve),
+                                            &len))
             snprintf(curve, sizeof(curve), "unknown curve");
         snprintf(out, cap, "an EC (%s) key", curve);
     } else {
@@ -102,7 +89,8 @@ static void key_description(const EVP_PKEY *k, char *out, size_t cap)
 
 static kv_result check_rsa_2048(const EVP_PKEY *k, const char *where)
 {
-    if (EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA && EVP_PKEY_get_bits(k) == PFX_RSA_BITS) return KV_SUCCESS;
+    if (EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA && EVP_PKEY_get_bits(k) == PFX_RSA_BITS)
+        return KV_SUCCESS;
     char what[96];
     key_description(k, what, sizeof(what));
     KV_BAIL(KV_ERR_INVALID_ARGUMENT, "%s holds %s; only RSA-2048 keys are accepted", where, what);
@@ -138,8 +126,8 @@ static kv_result pkcs8_der(EVP_PKEY *k, kv_secret *out)
     return r;
 }
 
-kv_result pfx_open(const uint8_t *pfx, size_t pfx_len, const kv_secret *password, kv_secret *pkcs8_out,
-                   uint8_t **spki_out, size_t *spki_len)
+kv_result pfx_open(const uint8_t *pfx, size_t pfx_len, const kv_secret *password,
+                   kv_secret *pkcs8_out, uint8_t **spki_out, size_t *spki_len)
 {
     KV_ENSURE(pfx_len > 0, KV_ERR_INVALID_ARGUMENT, "the PFX file is empty");
     KV_ENSURE(pfx_len <= PFX_MAX_BYTES, KV_ERR_INVALID_ARGUMENT,
@@ -158,9 +146,10 @@ kv_result pfx_open(const uint8_t *pfx, size_t pfx_len, const kv_secret *password
     const unsigned char *p = pfx;
     p12 = d2i_PKCS12(NULL, &p, (long)pfx_len);
     if (p12 == NULL) {
-        r = OSSL_FAIL(KV_ERR_INVALID_ARGUMENT,
-                      "not a PKCS#12 (PFX) file, or a truncated one; export the key and its certificate "
-                      "as .pfx/.p12");
+        r = OSSL_FAIL(
+            KV_ERR_INVALID_ARGUMENT,
+            "not a PKCS#12 (PFX) file, or a truncated one; export the key and its certificate "
+            "as .pfx/.p12");
         goto out;
     }
     /* The MAC is the file's integrity check and how a wrong password is told
@@ -174,20 +163,23 @@ kv_result pfx_open(const uint8_t *pfx, size_t pfx_len, const kv_secret *password
         if (!ok && pw.len == 0) ok = PKCS12_verify_mac(p12, NULL, 0);
         if (!ok) {
             ERR_clear_error();
-            KV_BAIL_GOTO(r, out, KV_ERR_INVALID_ARGUMENT,
-                         "the PFX password is wrong (its integrity check failed); check the password "
-                         "and upload again");
+            KV_BAIL_GOTO(
+                r, out, KV_ERR_INVALID_ARGUMENT,
+                "the PFX password is wrong (its integrity check failed); check the password "
+                "and upload again");
         }
     }
     if (!PKCS12_parse(p12, (const char *)pw.data, &key, &cert, &ca)) {
         unsigned long e = ERR_peek_last_error();
         if (!legacy_loaded && e != 0 && ERR_GET_REASON(e) == ERR_R_UNSUPPORTED) {
-            r = OSSL_FAIL(KV_ERR_FAILED_PRECONDITION,
-                          "the PFX uses a legacy cipher and OpenSSL's legacy provider is not available "
-                          "here; re-export it with AES (openssl pkcs12 -export without -legacy)");
+            r = OSSL_FAIL(
+                KV_ERR_FAILED_PRECONDITION,
+                "the PFX uses a legacy cipher and OpenSSL's legacy provider is not available "
+                "here; re-export it with AES (openssl pkcs12 -export without -legacy)");
         } else {
-            r = OSSL_FAIL(KV_ERR_INVALID_ARGUMENT,
-                          "the PFX cannot be decrypted: the password is wrong or the file is damaged");
+            r = OSSL_FAIL(
+                KV_ERR_INVALID_ARGUMENT,
+                "the PFX cannot be decrypted: the password is wrong or the file is damaged");
         }
         goto out;
     }
@@ -195,8 +187,9 @@ kv_result pfx_open(const uint8_t *pfx, size_t pfx_len, const kv_secret *password
                    "the PFX holds no private key; export it with the private key included");
     KV_GUARD_GOTO(check_rsa_2048(key, "the PFX"), r, out);
     if (cert != NULL && X509_check_private_key(cert, key) != 1) {
-        r = OSSL_FAIL(KV_ERR_INVALID_ARGUMENT,
-                      "the PFX's certificate does not match its private key; export the matching pair");
+        r = OSSL_FAIL(
+            KV_ERR_INVALID_ARGUMENT,
+            "the PFX's certificate does not match its private key; export the matching pair");
         goto out;
     }
     KV_GUARD_GOTO(pkcs8_der(key, pkcs8_out), r, out);
@@ -216,36 +209,11 @@ out:
 static kv_result check_common_name(const char *cn)
 {
     size_t n = cn != NULL ? strlen(cn) : 0;
-    KV_ENSURE(n >= 1 && n <= 64, KV_ERR_INVALID_ARGUMENT, "the certificate name must be 1 to 64 characters");
+    KV_ENSURE(n >= 1 && n <= 64, KV_ERR_INVALID_ARGUMENT,
+              "the certificate name must be 1 to 64 characters");
     for (size_t i = 0; i < n; i++)
         KV_ENSURE(cn[i] >= 0x20 && cn[i] < 0x7f, KV_ERR_INVALID_ARGUMENT,
                   "the certificate name must be printable ASCII");
-    return KV_SUCCESS;
-}
-
-/* A random positive 127-bit serial. */
-static kv_result random_serial(X509 *x)
-{
-    uint8_t b[16];
-    if (RAND_bytes(b, sizeof(b)) != 1) return OSSL_FAIL(KV_ERR_INTERNAL, "no random bytes for a serial");
-    b[0] &= 0x7f;
-    b[0] |= 0x01;
-    BIGNUM *bn = BN_bin2bn(b, sizeof(b), NULL);
-    int ok = bn != NULL && BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x)) != NULL;
-    BN_free(bn);
-    if (!ok) return OSSL_FAIL(KV_ERR_INTERNAL, "cannot set a certificate serial");
-    return KV_SUCCESS;
-}
-
-static kv_result add_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-    X509V3_CTX ctx;
-    X509V3_set_ctx_nodb(&ctx);
-    X509V3_set_ctx(&ctx, issuer, x, NULL, NULL, 0);
-    X509_EXTENSION *e = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-    int ok = e != NULL && X509_add_ext(x, e, -1) == 1;
-    X509_EXTENSION_free(e);
-    if (!ok) return OSSL_FAIL(KV_ERR_INTERNAL, "cannot add a certificate extension");
     return KV_SUCCESS;
 }
 
@@ -256,16 +224,19 @@ static kv_result self_signed_cert(EVP_PKEY *key, const char *cn, X509 **out)
     kv_result r = KV_SUCCESS;
     X509_NAME *name = X509_get_subject_name(x);
     if (!X509_set_version(x, X509_VERSION_3) ||
-        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0) ||
+        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
+                                    0) ||
         !X509_set_issuer_name(x, name) || X509_gmtime_adj(X509_getm_notBefore(x), 0) == NULL ||
-        X509_gmtime_adj(X509_getm_notAfter(x), 10L * 365 * 86400 + 2 * 86400) == NULL || !X509_set_pubkey(x, key)) {
+        X509_gmtime_adj(X509_getm_notAfter(x), 10L * 365 * 86400 + 2 * 86400) == NULL ||
+        !X509_set_pubkey(x, key)) {
         r = OSSL_FAIL(KV_ERR_INTERNAL, "cannot build the certificate");
         goto out;
     }
-    KV_GUARD_GOTO(random_serial(x), r, out);
-    KV_GUARD_GOTO(add_ext(x, x, NID_basic_constraints, "critical,CA:FALSE"), r, out);
-    KV_GUARD_GOTO(add_ext(x, x, NID_key_usage, "critical,digitalSignature,keyEncipherment"), r, out);
-    KV_GUARD_GOTO(add_ext(x, x, NID_subject_key_identifier, "hash"), r, out);
+    KV_GUARD_GOTO(ossl_random_serial(x), r, out);
+    KV_GUARD_GOTO(ossl_add_ext(x, x, NID_basic_constraints, "critical,CA:FALSE"), r, out);
+    KV_GUARD_GOTO(ossl_add_ext(x, x, NID_key_usage, "critical,digitalSignature,keyEncipherment"), r,
+                  out);
+    KV_GUARD_GOTO(ossl_add_ext(x, x, NID_subject_key_identifier, "hash"), r, out);
     if (X509_sign(x, key, EVP_sha256()) <= 0) {
         r = OSSL_FAIL(KV_ERR_INTERNAL, "cannot sign the certificate");
         goto out;
@@ -281,7 +252,8 @@ kv_result pfx_generate(const char *common_name, const kv_secret *password, uint8
                        size_t *pfx_len, kv_secret *pkcs8_out, uint8_t **spki_out, size_t *spki_len)
 {
     KV_GUARD(check_common_name(common_name));
-    KV_ENSURE(password != NULL && password->len > 0, KV_ERR_INVALID_ARGUMENT, "a PFX password is required");
+    KV_ENSURE(password != NULL && password->len > 0, KV_ERR_INVALID_ARGUMENT,
+              "a PFX password is required");
     pthread_once(&providers_once, providers_load);
     ERR_clear_error();
 
@@ -303,9 +275,10 @@ kv_result pfx_generate(const char *common_name, const kv_secret *password, uint8
     KV_GUARD_GOTO(self_signed_cert(key, common_name, &cert), r, out);
     /* AES-256-CBC under PBES2/PBKDF2; OpenSSL 3 uses hmacWithSHA256 as the
      * PRF for PBES2, and the MAC is set to SHA-256 explicitly. */
-    p12 = PKCS12_create((const char *)pw.data, common_name, key, cert, NULL, NID_aes_256_cbc, NID_aes_256_cbc,
-                        PFX_ITERATIONS, -1 /* no MAC yet */, 0);
-    if (p12 == NULL || !PKCS12_set_mac(p12, (const char *)pw.data, -1, NULL, 0, PFX_ITERATIONS, EVP_sha256())) {
+    p12 = PKCS12_create((const char *)pw.data, common_name, key, cert, NULL, NID_aes_256_cbc,
+                        NID_aes_256_cbc, PFX_ITERATIONS, -1 /* no MAC yet */, 0);
+    if (p12 == NULL ||
+        !PKCS12_set_mac(p12, (const char *)pw.data, -1, NULL, 0, PFX_ITERATIONS, EVP_sha256())) {
         r = OSSL_FAIL(KV_ERR_INTERNAL, "cannot build the PFX");
         goto out;
     }
@@ -348,7 +321,8 @@ kv_result key_fingerprint(const uint8_t *spki, size_t spki_len, uint8_t out[KEY_
 
 static kv_result spki_parse(const uint8_t *spki, size_t spki_len, EVP_PKEY **out)
 {
-    KV_ENSURE(spki_len > 0 && spki_len < 16384, KV_ERR_INVALID_ARGUMENT, "bad public key length %zu", spki_len);
+    KV_ENSURE(spki_len > 0 && spki_len < 16384, KV_ERR_INVALID_ARGUMENT,
+              "bad public key length %zu", spki_len);
     const unsigned char *p = spki;
     EVP_PKEY *k = d2i_PUBKEY(NULL, &p, (long)spki_len);
     if (k == NULL || p != spki + spki_len) {
@@ -359,8 +333,8 @@ static kv_result spki_parse(const uint8_t *spki, size_t spki_len, EVP_PKEY **out
     return KV_SUCCESS;
 }
 
-kv_result rsa_oaep_encrypt(const uint8_t *spki, size_t spki_len, int sha256, const uint8_t *msg, size_t msg_len,
-                           uint8_t **ct, size_t *ct_len)
+kv_result rsa_oaep_encrypt(const uint8_t *spki, size_t spki_len, int sha256, const uint8_t *msg,
+                           size_t msg_len, uint8_t **ct, size_t *ct_len)
 {
     EVP_PKEY *k = NULL;
     KV_GUARD(spki_parse(spki, spki_len, &k));
@@ -374,7 +348,8 @@ kv_result rsa_oaep_encrypt(const uint8_t *spki, size_t spki_len, int sha256, con
     }
     const EVP_MD *md = sha256 ? EVP_sha256() : EVP_sha1();
     c = EVP_PKEY_CTX_new(k, NULL);
-    if (c == NULL || EVP_PKEY_encrypt_init(c) <= 0 || EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) <= 0 ||
+    if (c == NULL || EVP_PKEY_encrypt_init(c) <= 0 ||
+        EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) <= 0 ||
         EVP_PKEY_CTX_set_rsa_oaep_md(c, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(c, md) <= 0 ||
         EVP_PKEY_encrypt(c, NULL, &n, msg, msg_len) <= 0) {
         r = OSSL_FAIL(KV_ERR_INTERNAL, "RSA-OAEP set-up failed");

@@ -35,8 +35,7 @@ KV_RESULT pfx_open(const uint8_t *pfx, size_t pfx_len, const kv_secret *password
  * password (iteration count documented in pfx.c).  Outputs the PFX
  * (malloc'd), the key as PKCS#8 DER (kv_secret) and the SPKI DER (malloc'd). */
 KV_RESULT pfx_generate(const char *common_name, const kv_secret *password, uint8_t **pfx,
-                       size_t *pfx_len, kv_secret *pkcs8_out, uint8_t **spki_der,
-                       size_t *spki_len);
+                       size_t *pfx_len, kv_secret *pkcs8_out, uint8_t **spki_der, size_t *spki_len);
 
 /* SHA-256 of an SPKI DER. */
 KV_RESULT key_fingerprint(const uint8_t *spki_der, size_t spki_len,
@@ -45,8 +44,8 @@ KV_RESULT key_fingerprint(const uint8_t *spki_der, size_t spki_len,
 /* RSA-OAEP encryption in software under an SPKI public key (wrapping a DEK).
  * sha256 selects SHA-256/MGF1-SHA256, else SHA-1/MGF1-SHA1; empty label.
  * *ct is malloc'd. */
-KV_RESULT rsa_oaep_encrypt(const uint8_t *spki_der, size_t spki_len, int sha256,
-                           const uint8_t *msg, size_t msg_len, uint8_t **ct, size_t *ct_len);
+KV_RESULT rsa_oaep_encrypt(const uint8_t *spki_der, size_t spki_len, int sha256, const uint8_t *msg,
+                           size_t msg_len, uint8_t **ct, size_t *ct_len);
 
 /* Bits of the RSA key in an SPKI, or an error if it is not RSA. */
 KV_RESULT spki_rsa_bits(const uint8_t *spki_der, size_t spki_len, unsigned *bits);

@@ -16,38 +16,12 @@
 #include "kv_pb.h"
 #include "vault.h"
 
-typedef struct {
-    KeyRecord **keys;
-    size_t n, cap;
-} vault_all_keys;
-
-static kv_result vault_collect_all_keys(const char *key, ProtobufCMessage **msg, void *arg)
+static const KeyRecord *vault_key_by_hsm_id(const store_list *l, const uint8_t *id, size_t id_len)
 {
-    (void)key;
-    vault_all_keys *l = arg;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        KeyRecord **p = realloc(l->keys, cap * sizeof(*p));
-        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        l->keys = p;
-        l->cap = cap;
+    for (size_t i = 0; i < l->n; i++) {
+        const KeyRecord *k = (const KeyRecord *)l->items[i];
+        if (k->hsm_id.len == id_len && memcmp(k->hsm_id.data, id, id_len) == 0) return k;
     }
-    l->keys[l->n++] = (KeyRecord *)*msg;
-    *msg = NULL;
-    return KV_SUCCESS;
-}
-
-static void vault_all_keys_free(vault_all_keys *l)
-{
-    for (size_t i = 0; i < l->n; i++) kv_pb_free(&l->keys[i]->base);
-    free(l->keys);
-}
-
-static const KeyRecord *vault_key_by_hsm_id(const vault_all_keys *l, const uint8_t *id, size_t id_len)
-{
-    for (size_t i = 0; i < l->n; i++)
-        if (l->keys[i]->hsm_id.len == id_len && memcmp(l->keys[i]->hsm_id.data, id, id_len) == 0)
-            return l->keys[i];
     return NULL;
 }
 
@@ -58,21 +32,21 @@ static bool vault_key_expected_in_token(const KeyRecord *k)
 }
 
 /* Loads every key record and every token object. */
-static kv_result vault_inventory(vault *v, vault_all_keys *keys, hsm_object_info **objs, size_t *n_objs)
+static kv_result vault_inventory(vault *v, store_list *keys, hsm_object_info **objs, size_t *n_objs)
 {
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = store_scan(t, STORE_KEYS, "", &hsmvault__store__key_record__descriptor,
-                             vault_collect_all_keys, keys);
+    kv_result r = store_collect(t, STORE_KEYS, "", &hsmvault__store__key_record__descriptor, NULL,
+                                NULL, keys);
     store_read_end(t);
     if (kv_ok(r)) r = hsm_objects_list(v->hsm, objs, n_objs);
-    if (kv_failed(r)) vault_all_keys_free(keys);
+    if (kv_failed(r)) store_list_free(keys);
     return r;
 }
 
 kv_result vault_reconcile(vault *v)
 {
-    vault_all_keys keys = {0};
+    store_list keys = {0};
     hsm_object_info *objs = NULL;
     size_t n_objs = 0;
     pthread_mutex_lock(&v->lifecycle);
@@ -91,31 +65,35 @@ kv_result vault_reconcile(vault *v)
         hsm_key_id_hex(&id, hex);
         KV_GUARD_GOTO(hsm_key_destroy(v->hsm, &id), r, out);
         removed++;
-        KV_LOG_WARN("reconcile: removed token object '%s' (id %s, %s): %s", o->label, hex, o->object_class,
+        KV_LOG_WARN("reconcile: removed token object '%s' (id %s, %s): %s", o->label, hex,
+                    o->object_class,
                     k == NULL ? "no key record names it (left by an interrupted change)"
                               : "its key is locked or deleted");
     }
     for (size_t i = 0; i < keys.n; i++) {
-        const KeyRecord *k = keys.keys[i];
+        const KeyRecord *k = (const KeyRecord *)keys.items[i];
         if (!vault_key_expected_in_token(k)) continue;
         bool found = false;
         for (size_t j = 0; j < n_objs && !found; j++)
-            found = objs[j].id_len == k->hsm_id.len && memcmp(objs[j].id, k->hsm_id.data, k->hsm_id.len) == 0 &&
+            found = objs[j].id_len == k->hsm_id.len &&
+                    memcmp(objs[j].id, k->hsm_id.data, k->hsm_id.len) == 0 &&
                     strcmp(objs[j].object_class, "private-key") == 0;
         if (!found) {
             missing++;
-            KV_LOG_ERROR("reconcile: key %s of tenant %s is missing from the token; DEKs under it cannot "
-                         "be unwrapped until it is restored",
-                         k->id, k->tenant_id);
+            KV_LOG_ERROR(
+                "reconcile: key %s of tenant %s is missing from the token; DEKs under it cannot "
+                "be unwrapped until it is restored",
+                k->id, k->tenant_id);
         }
     }
     v->missing_keys = missing;
-    KV_LOG_INFO("reconcile: %zu key records, %zu token objects, %u orphans removed, %u keys missing", keys.n,
-                n_objs, removed, missing);
+    KV_LOG_INFO(
+        "reconcile: %zu key records, %zu token objects, %u orphans removed, %u keys missing",
+        keys.n, n_objs, removed, missing);
 out:
     pthread_mutex_unlock(&v->lifecycle);
     free(objs);
-    vault_all_keys_free(&keys);
+    store_list_free(&keys);
     return r;
 }
 
@@ -126,7 +104,8 @@ static const char *vault_key_role(const KeyRecord *k)
 
 static const char *vault_state_name(Hsmvault__V1__KeyState s)
 {
-    static const char *const names[] = {"unspecified", "available", "installing", "active", "locked", "deleted"};
+    static const char *const names[] = {"unspecified", "available", "installing",
+                                        "active",      "locked",    "deleted"};
     return (unsigned)s < KV_ARRAY_LEN(names) ? names[s] : "unknown";
 }
 
@@ -139,17 +118,18 @@ static kv_result vault_rpc_list_token_objects_impl(vault *v, const rpc_ctx *ctx,
     (void)req;
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_OPERATOR), NULL,
-                                  NULL, "audit the token");
+    kv_result r =
+        vault_authorize(t, ctx->principal, ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_OPERATOR), NULL,
+                        NULL, "audit the token");
     store_read_end(t);
     KV_GUARD(r);
-    vault_all_keys keys = {0};
+    store_list keys = {0};
     hsm_object_info *objs = NULL;
     size_t n = 0;
     KV_GUARD(vault_inventory(v, &keys, &objs, &n));
     Hsmvault__V1__TokenObject *items = calloc(n ? n : 1, sizeof(*items));
     Hsmvault__V1__TokenObject **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
-    char (*hex)[2 * 64 + 1] = calloc(n ? n : 1, sizeof(*hex));
+    char(*hex)[2 * 64 + 1] = calloc(n ? n : 1, sizeof(*hex));
     if (items == NULL || ptrs == NULL || hex == NULL) {
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
         goto out;
@@ -190,6 +170,6 @@ out:
     free(ptrs);
     free(hex);
     free(objs);
-    vault_all_keys_free(&keys);
+    store_list_free(&keys);
     return r;
 }

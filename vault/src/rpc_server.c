@@ -244,7 +244,8 @@ out:
     return r;
 }
 
-static bool rpc_principal_cached(rpc_principal_cache *c, const char *pem, size_t len, char out[RPC_PRINCIPAL_MAX])
+static bool rpc_principal_cached(rpc_principal_cache *c, const char *pem, size_t len,
+                                 char out[RPC_PRINCIPAL_MAX])
 {
     bool hit = false;
     pthread_mutex_lock(&c->mu);
@@ -278,7 +279,8 @@ static void rpc_principal_remember(rpc_principal_cache *c, const char *pem, size
 
 static void rpc_principal_cache_free(rpc_principal_cache *c)
 {
-    for (unsigned i = 0; i < RPC_PRINCIPAL_CACHE; i++) free(c->e[i].pem);
+    for (unsigned i = 0; i < RPC_PRINCIPAL_CACHE; i++)
+        free(c->e[i].pem);
     pthread_mutex_destroy(&c->mu);
 }
 

@@ -21,15 +21,15 @@
 typedef struct rpc_server rpc_server;
 
 typedef struct {
-    const char *principal;  /* SAN URI, else CN; never NULL in a handler */
-    const char *method;     /* "/hsmvault.v1.TenantKeys/GenerateKey" */
+    const char *principal;    /* SAN URI, else CN; never NULL in a handler */
+    const char *method;       /* "/hsmvault.v1.TenantKeys/GenerateKey" */
     int64_t deadline_mono_ms; /* CLOCK_MONOTONIC ms; INT64_MAX when none */
 } rpc_ctx;
 
 typedef struct {
-    uint8_t *data;   /* malloc'd by the handler; freed by the adapter */
+    uint8_t *data; /* malloc'd by the handler; freed by the adapter */
     size_t len;
-    bool sensitive;  /* wipe before free (carries key material) */
+    bool sensitive; /* wipe before free (carries key material) */
 } rpc_reply;
 
 typedef kv_result (*rpc_handler_fn)(void *app, const rpc_ctx *ctx, const uint8_t *req,
@@ -41,12 +41,12 @@ typedef struct {
 } rpc_method;
 
 typedef struct {
-    const char *listen_addr;   /* "127.0.0.1:7443"; port 0 picks a free port */
-    const char *ca_file;       /* PEM: CA that client certificates must chain to */
-    const char *cert_file;     /* PEM: server certificate (chain) */
-    const char *key_file;      /* PEM: server private key */
-    unsigned workers;          /* worker threads; 0 means 4 */
-    size_t max_message;        /* max send/receive message bytes; 0 means 4 MiB */
+    const char *listen_addr; /* "127.0.0.1:7443"; port 0 picks a free port */
+    const char *ca_file;     /* PEM: CA that client certificates must chain to */
+    const char *cert_file;   /* PEM: server certificate (chain) */
+    const char *key_file;    /* PEM: server private key */
+    unsigned workers;        /* worker threads; 0 means 4 */
+    size_t max_message;      /* max send/receive message bytes; 0 means 4 MiB */
 } rpc_server_config;
 
 /* Binds, starts the workers and returns; *out runs until rpc_server_stop. */

@@ -50,15 +50,22 @@ struct store_txn {
 static kv_result store_mdb_error(int rc, const char *what)
 {
     kv_code code = KV_ERR_UNAVAILABLE;
-    if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_INVALID) code = KV_ERR_DATA_LOSS;
+    if (rc == MDB_CORRUPTED || rc == MDB_PAGE_NOTFOUND || rc == MDB_INVALID)
+        code = KV_ERR_DATA_LOSS;
     if (rc == MDB_MAP_FULL) code = KV_ERR_RESOURCE_EXHAUSTED;
     kv_error_set(code, __FILE__, __LINE__, "vault store: %s failed", what);
     kv_error_detail("lmdb: %s (%d)", mdb_strerror(rc), rc);
     return KV_FAILURE;
 }
 
-void store_set_initial_map_size(size_t bytes) { store_initial_map = bytes; }
-size_t store_map_size(vault_store *s) { return s->map_size; }
+void store_set_initial_map_size(size_t bytes)
+{
+    store_initial_map = bytes;
+}
+size_t store_map_size(vault_store *s)
+{
+    return s->map_size;
+}
 
 kv_result store_open(const char *dir, vault_store **out)
 {
@@ -72,8 +79,9 @@ kv_result store_open(const char *dir, vault_store **out)
     /* LMDB would let a second process share the file, but the vault's
      * lifecycle serialisation is per process: refuse a second vaultd. */
     char lock_path[PATH_MAX];
-    KV_ENSURE_GOTO(snprintf(lock_path, sizeof(lock_path), "%s/vaultd.lock", dir) < (int)sizeof(lock_path), r,
-                   fail, KV_ERR_INVALID_ARGUMENT, "store path too long: %s", dir);
+    KV_ENSURE_GOTO(snprintf(lock_path, sizeof(lock_path), "%s/vaultd.lock", dir) <
+                       (int)sizeof(lock_path),
+                   r, fail, KV_ERR_INVALID_ARGUMENT, "store path too long: %s", dir);
     s->lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     KV_ENSURE_GOTO(s->lock_fd >= 0, r, fail, KV_ERR_UNAVAILABLE, "cannot open %s: %s", lock_path,
                    strerror(errno));
@@ -94,14 +102,16 @@ kv_result store_open(const char *dir, vault_store **out)
     }
     /* The file may be larger than our initial map (it grew in an earlier run). */
     MDB_envinfo info;
-    if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size) s->map_size = info.me_mapsize;
+    if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
+        s->map_size = info.me_mapsize;
     rc = mdb_txn_begin(s->env, NULL, 0, &txn);
     if (rc != 0) KV_GUARD_GOTO(store_mdb_error(rc, "beginning the set-up transaction"), r, fail);
     for (int i = 0; i < STORE_TABLE_COUNT; i++) {
         rc = mdb_dbi_open(txn, store_table_names[i], MDB_CREATE, &s->dbi[i]);
         if (rc != 0) KV_GUARD_GOTO(store_mdb_error(rc, "opening a table"), r, fail);
     }
-    MDB_val k = {.mv_size = strlen("schema_version"), .mv_data = (void *)(uintptr_t) "schema_version"};
+    MDB_val k = {.mv_size = strlen("schema_version"),
+                 .mv_data = (void *)(uintptr_t) "schema_version"};
     MDB_val v;
     rc = mdb_get(txn, s->dbi[STORE_META], &k, &v);
     if (rc == MDB_NOTFOUND) {
@@ -224,9 +234,10 @@ kv_result store_get(store_txn *t, store_table table, const char *key,
     if (rc == MDB_NOTFOUND)
         KV_BAIL(KV_ERR_NOT_FOUND, "%s has no record %s", store_table_names[table], key);
     if (rc != 0) return store_mdb_error(rc, "reading");
-    ProtobufCMessage *m = protobuf_c_message_unpack(desc, &kv_pb_wiping_allocator, v.mv_size, v.mv_data);
-    KV_ENSURE(m != NULL, KV_ERR_DATA_LOSS, "vault store: record %s in %s does not decode as %s", key,
-              store_table_names[table], desc->name);
+    ProtobufCMessage *m =
+        protobuf_c_message_unpack(desc, &kv_pb_wiping_allocator, v.mv_size, v.mv_data);
+    KV_ENSURE(m != NULL, KV_ERR_DATA_LOSS, "vault store: record %s in %s does not decode as %s",
+              key, store_table_names[table], desc->name);
     *out = m;
     return KV_SUCCESS;
 }
@@ -253,7 +264,8 @@ kv_result store_put(store_txn *t, store_table table, const char *key, const Prot
     if (rc == MDB_MAP_FULL) t->map_full = 1;
     if (rc != 0) return store_mdb_error(rc, "writing");
     size_t w = protobuf_c_message_pack(msg, v.mv_data);
-    KV_ENSURE(w == n, KV_ERR_INTERNAL, "packing %s wrote %zu of %zu bytes", msg->descriptor->name, w, n);
+    KV_ENSURE(w == n, KV_ERR_INTERNAL, "packing %s wrote %zu of %zu bytes", msg->descriptor->name,
+              w, n);
     return KV_SUCCESS;
 }
 
@@ -278,7 +290,8 @@ kv_result store_scan(store_txn *t, store_table table, const char *prefix,
     MDB_val k = {.mv_size = plen, .mv_data = (void *)(uintptr_t)prefix};
     MDB_val v;
     kv_result r = KV_SUCCESS;
-    rc = plen > 0 ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    rc = plen > 0 ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
+                  : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     char keybuf[STORE_KEY_MAX + 1];
     while (rc == 0) {
         if (k.mv_size < plen || memcmp(k.mv_data, prefix, plen) != 0) break;
@@ -291,8 +304,9 @@ kv_result store_scan(store_txn *t, store_table table, const char *prefix,
         ProtobufCMessage *m =
             protobuf_c_message_unpack(desc, &kv_pb_wiping_allocator, v.mv_size, v.mv_data);
         if (m == NULL) {
-            KV_BAIL_GOTO(r, out, KV_ERR_DATA_LOSS, "vault store: record %s in %s does not decode as %s",
-                         keybuf, store_table_names[table], desc->name);
+            KV_BAIL_GOTO(r, out, KV_ERR_DATA_LOSS,
+                         "vault store: record %s in %s does not decode as %s", keybuf,
+                         store_table_names[table], desc->name);
         }
         r = fn(keybuf, &m, ctx);
         kv_pb_free(m);
@@ -312,7 +326,8 @@ kv_result store_meta_get(store_txn *t, const char *key, char *out, size_t cap)
     int rc = mdb_get(t->txn, t->store->dbi[STORE_META], &k, &v);
     if (rc == MDB_NOTFOUND) KV_BAIL(KV_ERR_NOT_FOUND, "meta has no record %s", key);
     if (rc != 0) return store_mdb_error(rc, "reading");
-    KV_ENSURE(v.mv_size < cap, KV_ERR_DATA_LOSS, "vault store: meta %s is %zu bytes", key, v.mv_size);
+    KV_ENSURE(v.mv_size < cap, KV_ERR_DATA_LOSS, "vault store: meta %s is %zu bytes", key,
+              v.mv_size);
     memcpy(out, v.mv_data, v.mv_size);
     out[v.mv_size] = '\0';
     return KV_SUCCESS;
@@ -328,4 +343,45 @@ kv_result store_meta_put(store_txn *t, const char *key, const char *value)
     if (rc == MDB_MAP_FULL) t->map_full = 1;
     if (rc != 0) return store_mdb_error(rc, "writing");
     return KV_SUCCESS;
+}
+
+typedef struct {
+    store_list *list;
+    store_keep_fn keep;
+    const void *arg;
+} store_collect_ctx;
+
+static kv_result store_collect_one(const char *key, ProtobufCMessage **msg, void *arg)
+{
+    (void)key;
+    store_collect_ctx *c = arg;
+    store_list *l = c->list;
+    if (c->keep != NULL && !c->keep(*msg, c->arg)) return KV_SUCCESS;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        ProtobufCMessage **p = realloc(l->items, cap * sizeof(*p));
+        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory listing %s",
+                  (*msg)->descriptor->name);
+        l->items = p;
+        l->cap = cap;
+    }
+    l->items[l->n++] = *msg;
+    *msg = NULL;
+    return KV_SUCCESS;
+}
+
+kv_result store_collect(store_txn *t, store_table table, const char *prefix,
+                        const ProtobufCMessageDescriptor *desc, store_keep_fn keep, const void *arg,
+                        store_list *out)
+{
+    store_collect_ctx c = {.list = out, .keep = keep, .arg = arg};
+    return store_scan(t, table, prefix, desc, store_collect_one, &c);
+}
+
+void store_list_free(store_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        kv_pb_free(l->items[i]);
+    free(l->items);
+    memset(l, 0, sizeof(*l));
 }

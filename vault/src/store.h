@@ -67,6 +67,20 @@ typedef kv_result (*store_scan_fn)(const char *key, ProtobufCMessage **msg, void
 KV_RESULT store_scan(store_txn *t, store_table table, const char *prefix,
                      const ProtobufCMessageDescriptor *desc, store_scan_fn fn, void *ctx);
 
+/* Records gathered by store_collect; the list owns them until
+ * store_list_free.  Items keep the scan's key order. */
+typedef struct {
+    ProtobufCMessage **items;
+    size_t n, cap;
+} store_list;
+/* Keeps a record when it returns true (NULL keeps every record). */
+typedef bool (*store_keep_fn)(const ProtobufCMessage *msg, const void *arg);
+/* store_scan into out: every record under prefix that keep accepts. */
+KV_RESULT store_collect(store_txn *t, store_table table, const char *prefix,
+                        const ProtobufCMessageDescriptor *desc, store_keep_fn keep, const void *arg,
+                        store_list *out);
+void store_list_free(store_list *l);
+
 /* Raw values for the meta table. */
 KV_RESULT store_meta_get(store_txn *t, const char *key, char *out, size_t cap);
 KV_RESULT store_meta_put(store_txn *t, const char *key, const char *value);

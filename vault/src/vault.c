@@ -22,11 +22,15 @@ kv_result vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds)
     /* Prefer the strongest OAEP the token unwraps; record it in every blob. */
     v->wrap_hash = hsm_supports_oaep(h, HSM_OAEP_SHA256) ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1;
     pthread_mutex_init(&v->lifecycle, NULL);
-    KV_LOG_INFO("DEKs are wrapped with RSA-OAEP-%s", v->wrap_hash == HSM_OAEP_SHA256 ? "SHA256" : "SHA1");
+    KV_LOG_INFO("DEKs are wrapped with RSA-OAEP-%s",
+                v->wrap_hash == HSM_OAEP_SHA256 ? "SHA256" : "SHA1");
     return KV_SUCCESS;
 }
 
-void vault_fini(vault *v) { pthread_mutex_destroy(&v->lifecycle); }
+void vault_fini(vault *v)
+{
+    pthread_mutex_destroy(&v->lifecycle);
+}
 
 void vault_new_id(const char *prefix, char out[VAULT_ID_MAX])
 {
@@ -59,7 +63,8 @@ kv_result vault_check_text(const char *field, const char *value, size_t max)
 {
     KV_ENSURE(value != NULL && value[0] != '\0', KV_ERR_INVALID_ARGUMENT, "%s is required", field);
     size_t n = strlen(value);
-    KV_ENSURE(n <= max, KV_ERR_INVALID_ARGUMENT, "%s is %zu bytes; the limit is %zu", field, n, max);
+    KV_ENSURE(n <= max, KV_ERR_INVALID_ARGUMENT, "%s is %zu bytes; the limit is %zu", field, n,
+              max);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)value[i];
         KV_ENSURE(c >= 0x20 && c != 0x7f, KV_ERR_INVALID_ARGUMENT,
@@ -81,8 +86,8 @@ void vault_db_store_key(const char *env_id, const char *db_id, char *out, size_t
 kv_result vault_get_tenant(store_txn *t, const char *tenant_id, TenantRecord **out)
 {
     KV_GUARD(vault_check_id("tenant_id", tenant_id));
-    kv_result r = store_get(t, STORE_TENANTS, tenant_id, &hsmvault__store__tenant_record__descriptor,
-                            (ProtobufCMessage **)out);
+    kv_result r = store_get(t, STORE_TENANTS, tenant_id,
+                            &hsmvault__store__tenant_record__descriptor, (ProtobufCMessage **)out);
     if (kv_failed(r) && kv_error_code() == KV_ERR_NOT_FOUND)
         KV_BAIL(KV_ERR_NOT_FOUND, "tenant %s does not exist", tenant_id);
     return r;
@@ -103,8 +108,9 @@ kv_result vault_get_key(store_txn *t, const char *tenant_id, const char *key_id,
 kv_result vault_get_environment(store_txn *t, const char *env_id, EnvironmentRecord **out)
 {
     KV_GUARD(vault_check_id("environment_id", env_id));
-    kv_result r = store_get(t, STORE_ENVIRONMENTS, env_id,
-                            &hsmvault__store__environment_record__descriptor, (ProtobufCMessage **)out);
+    kv_result r =
+        store_get(t, STORE_ENVIRONMENTS, env_id, &hsmvault__store__environment_record__descriptor,
+                  (ProtobufCMessage **)out);
     if (kv_failed(r) && kv_error_code() == KV_ERR_NOT_FOUND)
         KV_BAIL(KV_ERR_NOT_FOUND, "environment %s does not exist", env_id);
     return r;

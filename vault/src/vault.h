@@ -44,7 +44,7 @@ typedef struct {
     hsm *hsm;
     vault_store *store;
     unsigned lease_seconds;
-    bool test_hooks; /* --dev only: Testing/AdvanceClock answers (non-release builds) */
+    bool test_hooks;         /* --dev only: Testing/AdvanceClock answers (non-release builds) */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
     /* Serializes changes that create or destroy token objects or re-wrap
      * DEKs; unwraps and reads never take it. */
@@ -94,7 +94,8 @@ void vault_db_store_key(const char *env_id, const char *db_id, char *out, size_t
 /* DEK wrapping. */
 KV_RESULT vault_wrap_dek(vault *v, const KeyRecord *kek, const uint8_t *dek, size_t dek_len,
                          DatabaseRecord *db);
-KV_RESULT vault_unwrap_dek(vault *v, const KeyRecord *kek, const DatabaseRecord *db, kv_secret *dek);
+KV_RESULT vault_unwrap_dek(vault *v, const KeyRecord *kek, const DatabaseRecord *db,
+                           kv_secret *dek);
 /* Re-wraps every DEK of an environment under new_kek (token decrypts outside
  * any transaction, then one commit that also sets the environment's kek_id and
  * encryption).  Caller holds v->lifecycle. */

@@ -28,13 +28,18 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
     vaultd_config *c = arg;
     unsigned long n;
     if (strcmp(key, "module") == 0) return kv_config_str(key, value, c->module, sizeof(c->module));
-    if (strcmp(key, "token_label") == 0) return kv_config_str(key, value, c->token_label, sizeof(c->token_label));
-    if (strcmp(key, "pin_file") == 0) return kv_config_str(key, value, c->pin_file, sizeof(c->pin_file));
+    if (strcmp(key, "token_label") == 0)
+        return kv_config_str(key, value, c->token_label, sizeof(c->token_label));
+    if (strcmp(key, "pin_file") == 0)
+        return kv_config_str(key, value, c->pin_file, sizeof(c->pin_file));
     if (strcmp(key, "listen") == 0) return kv_config_str(key, value, c->listen, sizeof(c->listen));
     if (strcmp(key, "tls_ca") == 0) return kv_config_str(key, value, c->tls_ca, sizeof(c->tls_ca));
-    if (strcmp(key, "tls_cert") == 0) return kv_config_str(key, value, c->tls_cert, sizeof(c->tls_cert));
-    if (strcmp(key, "tls_key") == 0) return kv_config_str(key, value, c->tls_key, sizeof(c->tls_key));
-    if (strcmp(key, "state_dir") == 0) return kv_config_str(key, value, c->state_dir, sizeof(c->state_dir));
+    if (strcmp(key, "tls_cert") == 0)
+        return kv_config_str(key, value, c->tls_cert, sizeof(c->tls_cert));
+    if (strcmp(key, "tls_key") == 0)
+        return kv_config_str(key, value, c->tls_key, sizeof(c->tls_key));
+    if (strcmp(key, "state_dir") == 0)
+        return kv_config_str(key, value, c->state_dir, sizeof(c->state_dir));
     if (strcmp(key, "bootstrap_operator") == 0)
         return kv_config_str(key, value, c->bootstrap_operator, sizeof(c->bootstrap_operator));
     if (strcmp(key, "workers") == 0) {
@@ -71,8 +76,8 @@ kv_result vaultd_config_check(const vaultd_config *c)
         const char *name;
         const char *value;
     } required[] = {
-        {"module", c->module}, {"token_label", c->token_label}, {"pin_file", c->pin_file},
-        {"listen", c->listen}, {"tls_ca", c->tls_ca},           {"tls_cert", c->tls_cert},
+        {"module", c->module},   {"token_label", c->token_label}, {"pin_file", c->pin_file},
+        {"listen", c->listen},   {"tls_ca", c->tls_ca},           {"tls_cert", c->tls_cert},
         {"tls_key", c->tls_key}, {"state_dir", c->state_dir},
     };
     for (size_t i = 0; i < KV_ARRAY_LEN(required); i++)

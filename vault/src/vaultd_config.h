@@ -10,14 +10,14 @@
 #include "kv_result.h"
 
 typedef struct {
-    char module[PATH_MAX];      /* PKCS#11 module path */
+    char module[PATH_MAX]; /* PKCS#11 module path */
     char token_label[33];
     char pin_file[PATH_MAX];
     char listen[128];
-    char tls_ca[PATH_MAX];      /* CA for client certificates */
+    char tls_ca[PATH_MAX]; /* CA for client certificates */
     char tls_cert[PATH_MAX];
     char tls_key[PATH_MAX];
-    char state_dir[PATH_MAX];   /* the LMDB store lives in <state_dir>/store */
+    char state_dir[PATH_MAX];     /* the LMDB store lives in <state_dir>/store */
     char bootstrap_operator[257]; /* principal given the operator role at start */
     unsigned workers;
     unsigned sessions;

@@ -18,36 +18,42 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: vaultd --dev [--state-dir DIR] [--listen ADDR]\n"
-            "       vaultd --config FILE\n"
-            "\n"
-            "Runs the hsmvault key vault: tenant keys in a PKCS#11 token, served over gRPC with mTLS.\n"
-            "\n"
-            "  --dev              embedded default: a SoftHSM token, a private CA, client certificates\n"
-            "                     and vaultctl profiles under the state directory (created on first\n"
-            "                     start, reused after)\n"
-            "  --state-dir DIR    state directory for --dev (default ./hsmvault-dev)\n"
-            "  --listen ADDR      listen address (default 127.0.0.1:7443; port 0 picks a free port)\n"
-            "  --config FILE      production: module, token_label, pin_file, listen, tls_ca,\n"
-            "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
-            "                     sessions, lease_seconds, max_message (see docs/operations.md)\n"
-            "  --workers N        worker threads (default 4)\n"
-            "  --sessions N       token sessions in the pool (default: one per worker)\n"
-            "  --verbose          debug logging\n"
-            "  --help             this text\n"
-            "\n"
-            "Exit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 start-up failure, 2 usage error.\n");
+    fprintf(
+        f,
+        "usage: vaultd --dev [--state-dir DIR] [--listen ADDR]\n"
+        "       vaultd --config FILE\n"
+        "\n"
+        "Runs the hsmvault key vault: tenant keys in a PKCS#11 token, served over gRPC with mTLS.\n"
+        "\n"
+        "  --dev              embedded default: a SoftHSM token, a private CA, client "
+        "certificates\n"
+        "                     and vaultctl profiles under the state directory (created on first\n"
+        "                     start, reused after)\n"
+        "  --state-dir DIR    state directory for --dev (default ./hsmvault-dev)\n"
+        "  --listen ADDR      listen address (default 127.0.0.1:7443; port 0 picks a free port)\n"
+        "  --config FILE      production: module, token_label, pin_file, listen, tls_ca,\n"
+        "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
+        "                     sessions, lease_seconds, max_message (see docs/operations.md)\n"
+        "  --workers N        worker threads (default 4)\n"
+        "  --sessions N       token sessions in the pool (default: one per worker)\n"
+        "  --verbose          debug logging\n"
+        "  --help             this text\n"
+        "\n"
+        "Exit codes: 0 clean shutdown (SIGTERM/SIGINT), 1 start-up failure, 2 usage error.\n");
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"dev", no_argument, NULL, 'd'},       {"state-dir", required_argument, NULL, 's'},
-        {"listen", required_argument, NULL, 'l'}, {"config", required_argument, NULL, 'c'},
-        {"workers", required_argument, NULL, 'w'}, {"sessions", required_argument, NULL, 'S'},
+        {"dev", no_argument, NULL, 'd'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'},
+        {"config", required_argument, NULL, 'c'},
+        {"workers", required_argument, NULL, 'w'},
+        {"sessions", required_argument, NULL, 'S'},
         {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},      {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     vaultd_config cfg;
     vaultd_config_defaults(&cfg);
@@ -58,15 +64,33 @@ int main(int argc, char **argv)
     kv_log_set_ident("vaultd");
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
-        case 'd': dev = true; break;
-        case 's': state_dir = optarg; break;
-        case 'l': listen = optarg; break;
-        case 'c': config_path = optarg; break;
-        case 'w': workers = strtol(optarg, NULL, 10); break;
-        case 'S': sessions = strtol(optarg, NULL, 10); break;
-        case 'v': kv_log_set_level(KV_LOG_DEBUG); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'd':
+            dev = true;
+            break;
+        case 's':
+            state_dir = optarg;
+            break;
+        case 'l':
+            listen = optarg;
+            break;
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'w':
+            workers = strtol(optarg, NULL, 10);
+            break;
+        case 'S':
+            sessions = strtol(optarg, NULL, 10);
+            break;
+        case 'v':
+            kv_log_set_level(KV_LOG_DEBUG);
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind != argc || dev == (config_path != NULL)) {
@@ -95,7 +119,9 @@ int main(int argc, char **argv)
     if (dev && kv_failed(vaultd_dev_prepare(&cfg))) goto fail;
     if (kv_failed(vaultd_config_check(&cfg))) goto fail;
 
-    hsm_config hc = {.module_path = cfg.module, .token_label = cfg.token_label, .pin_file = cfg.pin_file,
+    hsm_config hc = {.module_path = cfg.module,
+                     .token_label = cfg.token_label,
+                     .pin_file = cfg.pin_file,
                      .sessions = cfg.sessions ? cfg.sessions : cfg.workers};
     if (kv_failed(hsm_open(&hc, &h))) goto fail;
     char store_dir[PATH_MAX + 8];
@@ -106,28 +132,34 @@ int main(int argc, char **argv)
     vault_ready = true;
     if (kv_failed(vault_reconcile(&v))) goto fail;
     if (cfg.bootstrap_operator[0] != '\0' &&
-        kv_failed(vault_bind_role(&v, cfg.bootstrap_operator, HSMVAULT__V1__ROLE__ROLE_OPERATOR, NULL, NULL)))
+        kv_failed(vault_bind_role(&v, cfg.bootstrap_operator, HSMVAULT__V1__ROLE__ROLE_OPERATOR,
+                                  NULL, NULL)))
         goto fail;
-    if (dev && kv_failed(vault_bind_role(&v, VAULTD_DEV_URI_PREFIX "auditor", HSMVAULT__V1__ROLE__ROLE_AUDITOR,
-                                         NULL, NULL)))
+    if (dev && kv_failed(vault_bind_role(&v, VAULTD_DEV_URI_PREFIX "auditor",
+                                         HSMVAULT__V1__ROLE__ROLE_AUDITOR, NULL, NULL)))
         goto fail;
 
     rpc_global_init();
     size_t n_methods;
     const rpc_method *methods = vault_methods(&n_methods);
-    rpc_server_config sc = {.listen_addr = cfg.listen, .ca_file = cfg.tls_ca, .cert_file = cfg.tls_cert,
-                            .key_file = cfg.tls_key, .workers = cfg.workers, .max_message = cfg.max_message};
+    rpc_server_config sc = {.listen_addr = cfg.listen,
+                            .ca_file = cfg.tls_ca,
+                            .cert_file = cfg.tls_cert,
+                            .key_file = cfg.tls_key,
+                            .workers = cfg.workers,
+                            .max_message = cfg.max_message};
     if (kv_failed(rpc_server_start(&sc, methods, n_methods, &v, &server))) goto fail_grpc;
     int port = rpc_server_port(server);
     if (dev && kv_failed(vaultd_dev_publish(&cfg, port))) goto fail_grpc;
-    KV_LOG_INFO("listening on %s (port %d) with %u workers, %u token sessions", cfg.listen, port, cfg.workers,
-                hsm_session_count(h));
+    KV_LOG_INFO("listening on %s (port %d) with %u workers, %u token sessions", cfg.listen, port,
+                cfg.workers, hsm_session_count(h));
     if (dev) {
         printf("vaultd --dev is running: state in %s, listening on port %d\n"
                "Point vaultctl at it with a profile, e.g.:\n"
                "  export VAULTCTL_CONFIG=%s/clients/operator.conf\n"
                "  vaultctl whoami\n"
-               "Profiles for tenant-admin, environment-admin, storage-node and auditor are beside it.\n",
+               "Profiles for tenant-admin, environment-admin, storage-node and auditor are beside "
+               "it.\n",
                cfg.state_dir, port, cfg.state_dir);
         fflush(stdout);
     }
