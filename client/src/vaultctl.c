@@ -581,7 +581,7 @@ static const cmd commands[] = {
     {"audit", "token", cmd_audit_token, "",
      "list token objects with security attributes (auditor)"},
     {"clock", "advance", cmd_clock_advance, "--seconds N",
-     "move the vault clock (test builds only; operator)"},
+     "move the vault clock (vaultd --dev in test builds only; operator)"},
 };
 
 static void command_help(FILE *f, const cmd *c)
@@ -608,7 +608,8 @@ static void help(FILE *f)
         char head[64];
         snprintf(head, sizeof(head), "%s%s%s", commands[i].group, commands[i].verb ? " " : "",
                  commands[i].verb ? commands[i].verb : "");
-        fprintf(f, "  %-26s %s\n  %-26s   %s\n", head, commands[i].help, "", commands[i].args);
+        fprintf(f, "  %-26s %s\n", head, commands[i].help);
+        if (commands[i].args[0] != '\0') fprintf(f, "  %-26s   %s\n", "", commands[i].args);
     }
     fprintf(
         f,
