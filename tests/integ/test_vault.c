@@ -569,6 +569,8 @@ static void test_apply_activate_return(void)
 
     /* Activation: another tenant's key, a deleted-looking id, wrong role. */
     CHECK_ERR(activate(ta, tenant, key_t2), KV_ERR_NOT_FOUND);
+    CHECK_ERR(activate(ta, tenant, "key-0000000000000000"), KV_ERR_NOT_FOUND);
+    CHECK_ERR(activate(ta, tenant, "not a key id"), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(activate(ta, tenant2, key_up), KV_ERR_NOT_FOUND);
     CHECK_ERR(activate(ea, tenant, key_up), KV_ERR_PERMISSION_DENIED);
     CHECK_ERR(activate(ta, tenant, key_gen), KV_ERR_FAILED_PRECONDITION); /* already active */
