@@ -104,13 +104,17 @@ echo "$OUT"
 CHECK2=$(echo "$OUT" | field dek_sha256)
 
 echo
-echo "== 6. The tenant admin uploads a second key (a legacy PFX made by openssl) and activates it"
+echo "== 6. The tenant admin uploads a second key (a legacy PFX made by openssl) and activates it (live re-wrap)"
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/own.key" 2>/dev/null
 openssl req -x509 -new -key "$WORK/own.key" -subj /CN=contoso-own -days 365 -out "$WORK/own.crt"
 openssl pkcs12 -export -legacy -inkey "$WORK/own.key" -in "$WORK/own.crt" \
     -passout "file:$WORK/pfx-password" -out "$WORK/own.pfx"
 KEY2=$(as tenant-admin key upload --tenant "$TENANT" --name own-2026 --pfx "$WORK/own.pfx" \
     --password-file "$WORK/pfx-password" | tee /dev/stderr | field id)
+echo "   activating it at once is refused: no activation within 24 h of the last one"
+as tenant-admin key activate --tenant "$TENANT" --key "$KEY2" || true
+echo "   (vaultd --dev lets the operator move its clock; release builds have no such thing)"
+as operator clock advance --seconds 86400 >/dev/null
 as tenant-admin key activate --tenant "$TENANT" --key "$KEY2" >/dev/null
 as tenant-admin key list --tenant "$TENANT"
 CHECK3=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)

@@ -7,6 +7,8 @@
 #ifndef KV_CONFIG_H
 #define KV_CONFIG_H
 
+#include <stdint.h>
+
 #include "kv_result.h"
 
 /* Called per setting; a failure stops parsing and gets "file:line: " prefixed. */
@@ -18,5 +20,9 @@ KV_RESULT kv_config_str(const char *key, const char *value, char *out, size_t ca
 /* Parses an unsigned integer in [min, max] or fails naming the key. */
 KV_RESULT kv_config_uint(const char *key, const char *value, unsigned long min, unsigned long max,
                          unsigned long *out);
+
+/* Parses a duration "<n>s|m|h|d" (a bare number is seconds) in [min, max]
+ * seconds, or fails naming the key. */
+KV_RESULT kv_config_duration(const char *key, const char *value, int64_t min, int64_t max, int64_t *out);
 
 #endif

@@ -15,9 +15,11 @@
 
 static char *kv_trim(char *s)
 {
-    while (*s == ' ' || *s == '\t') s++;
+    while (*s == ' ' || *s == '\t')
+        s++;
     size_t n = strlen(s);
-    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r')) s[--n] = '\0';
+    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        s[--n] = '\0';
     return s;
 }
 
@@ -68,8 +70,47 @@ kv_result kv_config_uint(const char *key, const char *value, unsigned long min, 
     errno = 0;
     unsigned long v = strtoul(value, &end, 10);
     KV_ENSURE(errno == 0 && end != value && *end == '\0' && value[0] != '-' && v >= min && v <= max,
-              KV_ERR_INVALID_ARGUMENT, "%s must be a whole number from %lu to %lu (got '%s')", key, min,
-              max, value);
+              KV_ERR_INVALID_ARGUMENT, "%s must be a whole number from %lu to %lu (got '%s')", key,
+              min, max, value);
     *out = v;
+    return KV_SUCCESS;
+}
+
+kv_result kv_config_duration(const char *key, const char *value, int64_t min, int64_t max,
+                             int64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    long long n = strtoll(value, &end, 10);
+    int64_t unit = 1;
+    if (end != value && end != NULL && end[0] != '\0' && end[1] == '\0') {
+        switch (end[0]) {
+        case 's':
+            unit = 1;
+            end++;
+            break;
+        case 'm':
+            unit = 60;
+            end++;
+            break;
+        case 'h':
+            unit = 3600;
+            end++;
+            break;
+        case 'd':
+            unit = 86400;
+            end++;
+            break;
+        default:
+            break;
+        }
+    }
+    KV_ENSURE(
+        errno == 0 && end != value && *end == '\0' && n >= 0 && n <= INT64_MAX / unit &&
+            n * unit >= min && n * unit <= max,
+        KV_ERR_INVALID_ARGUMENT,
+        "%s must be a duration such as 90s, 30m, 24h or 28d, from %lld to %lld seconds (got '%s')",
+        key, (long long)min, (long long)max, value);
+    *out = n * unit;
     return KV_SUCCESS;
 }

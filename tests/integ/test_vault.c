@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "hsm.h"
 #include "hsmvault/v1/audit.pb-c.h"
@@ -17,6 +19,7 @@
 #include "hsmvault/v1/key_access.pb-c.h"
 #include "hsmvault/v1/keys.pb-c.h"
 #include "hsmvault/v1/tenants.pb-c.h"
+#include "hsmvault/v1/testing.pb-c.h"
 #include "kv_base64.h"
 #include "kv_file.h"
 #include "kv_pb.h"
@@ -188,6 +191,17 @@ static kv_result activate(vc *c, const char *t, const char *key_id)
     kv_result r = CALL(c, M("TenantKeys", "ActivateKey"), req, tenant_key, &k);
     if (kv_ok(r)) CHECK(k->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
     kv_pb_free(k ? &k->base : NULL);
+    return r;
+}
+
+/* Moves vaultd's clock forward (vaultd --dev, test builds), as the operator. */
+static kv_result advance_clock(vc *c, int64_t seconds)
+{
+    Hsmvault__V1__AdvanceClockRequest req = HSMVAULT__V1__ADVANCE_CLOCK_REQUEST__INIT;
+    req.seconds = seconds;
+    Hsmvault__V1__AdvanceClockResponse *resp = NULL;
+    kv_result r = CALL(c, "/hsmvault.v1.Testing/AdvanceClock", req, advance_clock_response, &resp);
+    kv_pb_free(resp ? &resp->base : NULL);
     return r;
 }
 
@@ -576,8 +590,19 @@ static void test_apply_activate_return(void)
     CHECK_ERR(activate(ta, tenant, key_gen), KV_ERR_FAILED_PRECONDITION); /* already active */
     CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
 
+    /* No activation within 24 h of the last one (the generated key's own
+     * activation): the refusal names the rule and when it clears. */
+    CHECK_ERR(activate(ta, tenant, key_up), KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "activation is blocked until") != NULL &&
+          strstr(kv_error_msg(), "24 h") != NULL);
+    CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
+    CHECK_ERR(advance_clock(ta, 24 * 3600), KV_ERR_PERMISSION_DENIED);
+    CHECK_OK(advance_clock(op, 23 * 3600));
+    CHECK_ERR(activate(ta, tenant, key_up), KV_ERR_FAILED_PRECONDITION);
+    CHECK_OK(advance_clock(op, 3600));
     CHECK_OK(activate(ta, tenant, key_up));
     CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    CHECK_ERR(activate(ta, tenant, key_gen), KV_ERR_FAILED_PRECONDITION); /* 24 h again */
     CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
     Hsmvault__V1__Environment *pe = get_env(env_prod);
     if (pe) CHECK(strcmp(pe->key_id, key_up) == 0);
@@ -859,6 +884,65 @@ static void test_second_instance_refused(void)
     CHECK(vaultd_proc_stop(&vd) == 0);
 }
 
+/* kill -9 in the middle of an activation's re-wrap (a test hook dies right
+ * after the first environment is committed): after restart the activation
+ * finishes by itself and every DEK unwraps to the same bytes. */
+static void test_activation_crash(void)
+{
+    CHECK(vaultd_proc_start(&vd, state));
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    ea = vaultd_proc_client(&vd, "environment-admin");
+    sn = vaultd_proc_client(&vd, "storage-node");
+    /* Two customer-managed environments, each with databases. */
+    Hsmvault__V1__ApplyKeyRequest ap = HSMVAULT__V1__APPLY_KEY_REQUEST__INIT;
+    Hsmvault__V1__Environment *e = NULL;
+    ap.environment_id = env_sbx;
+    CHECK_OK(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e));
+    kv_pb_free(e ? &e->base : NULL);
+    CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
+    /* The test clock lives in vaultd's memory: after the restarts it is back
+     * to real time, and the last activation (made 24 h ahead) is "future". */
+    CHECK_OK(advance_clock(op, 3 * 24 * 3600));
+    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn);
+    op = ta = ea = sn = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+
+    setenv("HSMVAULT_TEST_CRASH_AT", "activation-rewrap", 1);
+    CHECK(vaultd_proc_start(&vd, state));
+    unsetenv("HSMVAULT_TEST_CRASH_AT");
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    CHECK_OK(advance_clock(op, 3 * 24 * 3600));
+    CHECK_ERR(activate(ta, tenant, key_gen), KV_ERR_UNAVAILABLE); /* vaultd died mid-way */
+    int status = 0;
+    CHECK(waitpid(vd.pid, &status, 0) == vd.pid && WIFSIGNALED(status) &&
+          WTERMSIG(status) == SIGKILL);
+    vd.pid = 0;
+    vc_close(op), vc_close(ta);
+
+    CHECK(vaultd_proc_start(&vd, state));
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    sn = vaultd_proc_client(&vd, "storage-node");
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
+    Hsmvault__V1__GetTenantRequest gt = HSMVAULT__V1__GET_TENANT_REQUEST__INIT;
+    gt.tenant_id = tenant;
+    Hsmvault__V1__Tenant *t = NULL;
+    CHECK_OK(CALL(ta, M("Tenants", "GetTenant"), gt, tenant, &t));
+    if (t) CHECK(strcmp(t->active_key_id, key_gen) == 0 && t->installing_key_id[0] == '\0');
+    kv_pb_free(t ? &t->base : NULL);
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
+    vc_close(ta), vc_close(sn);
+    ta = sn = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+    char log[512];
+    snprintf(log, sizeof(log), "%s.log", state);
+    CHECK(kv_test_sh("grep -q 'resuming the interrupted activation of key %s' %s", key_gen, log) ==
+          0);
+}
+
 int main(void)
 {
     rpc_client_global_init();
@@ -876,6 +960,7 @@ int main(void)
         RUN(test_token_attributes_api);
         RUN(test_restart_and_reconcile);
         RUN(test_second_instance_refused);
+        RUN(test_activation_crash);
     }
     if (vd.pid > 0) vaultd_proc_kill(&vd);
     int rc = kv_test_finish();

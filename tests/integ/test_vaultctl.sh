@@ -116,6 +116,9 @@ CHK=$(sed -n 's/^ *dek_sha256: //p' "$TMP/out")
 grep -qi '^ *dek:' "$TMP/out" && bad "db create printed the key" || ok
 expect 0 "apply" -- as environment-admin env apply-key --env "$ENV"
 grep -q "customer-managed" "$TMP/out" && ok || bad "apply: $(cat "$TMP/out")"
+expect 6 "activate within 24 h" -- as tenant-admin key activate --tenant "$TENANT" --key "$KEY2"
+grep -q "activation is blocked until" "$TMP/err" && ok || bad "24 h refusal: $(cat "$TMP/err")"
+expect 0 "advance 24 h" -- as operator clock advance --seconds 86400
 expect 0 "activate" -- as tenant-admin key activate --tenant "$TENANT" --key "$KEY2"
 expect 0 "unwrap" -- as storage-node --json db unwrap --env "$ENV" --db "$DB"
 grep -q "$CHK" "$TMP/out" && ok || bad "check value changed: $(cat "$TMP/out")"

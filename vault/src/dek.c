@@ -6,6 +6,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kv_log.h"
@@ -103,6 +104,7 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
                                    Hsmvault__V1__Encryption encryption)
 {
     store_list list = {0};
+    size_t first_changed = SIZE_MAX; /* first DEK not yet under new_kek */
     KeyRecord *kek_cache[8] = {0};
     size_t n_cache = 0;
     DatabaseRecord *fresh = NULL;
@@ -124,6 +126,15 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
     KV_ENSURE_GOTO(fresh != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED, "out of memory re-wrapping");
     for (size_t i = 0; i < list.n; i++) {
         const DatabaseRecord *db = (DatabaseRecord *)list.items[i];
+        if (strcmp(db->kek_id, new_kek->id) == 0) {
+            /* Already under the new key (a resumed activation): keep as is. */
+            fresh[i] = *db;
+            fresh[i].wrapped_dek.data = malloc(db->wrapped_dek.len ? db->wrapped_dek.len : 1);
+            KV_ENSURE_GOTO(fresh[i].wrapped_dek.data != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
+                           "out of memory re-wrapping");
+            memcpy(fresh[i].wrapped_dek.data, db->wrapped_dek.data, db->wrapped_dek.len);
+            continue;
+        }
         const KeyRecord *old = vault_find_cached(kek_cache, n_cache, db->kek_id);
         if (old == NULL) {
             KV_ENSURE_GOTO(n_cache < KV_ARRAY_LEN(kek_cache), r, out, KV_ERR_INTERNAL,
@@ -133,6 +144,7 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
             old = kek_cache[n_cache++];
         }
         KV_GUARD_GOTO(vault_unwrap_dek(v, old, db, &dek), r, out);
+        if (first_changed == SIZE_MAX) first_changed = i;
         fresh[i] = *db;
         fresh[i].wrapped_dek.data = NULL;
         fresh[i].wrapped_dek.len = 0;
@@ -140,18 +152,18 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
         fresh[i].kek_id = new_kek->id;
         kv_secret_free(&dek);
     }
-    /* Prove the new wrapping before committing it: the first DEK must unwrap
-     * under the new key in the token to the same bytes. */
-    if (list.n > 0) {
-        const KeyRecord *old =
-            vault_find_cached(kek_cache, n_cache, ((const DatabaseRecord *)list.items[0])->kek_id);
-        KV_GUARD_GOTO(vault_unwrap_dek(v, old, (const DatabaseRecord *)list.items[0], &dek), r,
-                      out);
-        KV_GUARD_GOTO(vault_unwrap_dek(v, new_kek, &fresh[0], &check), r, out);
+    /* Prove the new wrapping before committing it: the first re-wrapped DEK
+     * must unwrap under the new key in the token to the same bytes. */
+    if (first_changed < list.n) {
+        const DatabaseRecord *db0 = (const DatabaseRecord *)list.items[first_changed];
+        const KeyRecord *old = vault_find_cached(kek_cache, n_cache, db0->kek_id);
+        KV_ENSURE_GOTO(old != NULL, r, out, KV_ERR_INTERNAL, "re-wrap lost the key of database %s",
+                       db0->id);
+        KV_GUARD_GOTO(vault_unwrap_dek(v, old, db0, &dek), r, out);
+        KV_GUARD_GOTO(vault_unwrap_dek(v, new_kek, &fresh[first_changed], &check), r, out);
         KV_ENSURE_GOTO(check.len == dek.len && kv_ct_equal(check.data, dek.data, dek.len), r, out,
                        KV_ERR_INTERNAL,
-                       "re-wrapped DEK of database %s does not match; nothing changed",
-                       fresh[0].id);
+                       "re-wrapped DEK of database %s does not match; nothing changed", db0->id);
     }
     store_read_end(t);
     t = NULL;

@@ -4,6 +4,7 @@
  * Private keys go from the PFX code to the token as PKCS#8 in a kv_secret and
  * are wiped; the token copy is sensitive and never extractable.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -307,45 +308,108 @@ static kv_result vault_rpc_list_keys_impl(vault *v, const rpc_ctx *ctx,
     return r;
 }
 
+/*
+ * Activation runs in three kinds of commits, so that kill -9 anywhere leaves
+ * a state start-up (or activating the same key again) finishes:
+ *   begin:  the key goes available -> installing and the tenant names it;
+ *   rewrap: each customer-managed environment's DEKs move under the key, one
+ *           environment per commit (unwraps keep working throughout: every
+ *           database record names the key its DEK is wrapped under);
+ *   finish: installing -> active, the previous active key -> available.
+ * The caller holds v->lifecycle.
+ */
 typedef struct {
+    const vault *v;
     const char *tenant_id;
     const char *key_id;
     int64_t now;
-    KeyRecord *result; /* out: the activated key as committed */
 } vault_activate_ctx;
 
-static kv_result vault_activate_commit(store_txn *t, void *arg)
+static const char *vault_key_state_name(Hsmvault__V1__KeyState s)
 {
-    vault_activate_ctx *c = arg;
+    static const char *const names[] = {"unspecified", "available", "installing",
+                                        "active",      "locked",    "deleted"};
+    return (unsigned)s < KV_ARRAY_LEN(names) ? names[s] : "unknown";
+}
+
+static kv_result vault_put_key(store_txn *t, const KeyRecord *k)
+{
+    char sk[2 * VAULT_ID_MAX];
+    vault_key_store_key(k->tenant_id, k->id, sk, sizeof(sk));
+    return store_put(t, STORE_KEYS, sk, &k->base);
+}
+
+static kv_result vault_activate_begin(store_txn *t, void *arg)
+{
+    const vault_activate_ctx *c = arg;
     TenantRecord *tr = NULL;
-    KeyRecord *nk = NULL, *old = NULL;
-    char k[2 * VAULT_ID_MAX];
+    KeyRecord *nk = NULL;
     kv_result r = KV_SUCCESS;
     KV_GUARD(vault_get_tenant(t, c->tenant_id, &tr));
     KV_GUARD_GOTO(vault_get_key(t, c->tenant_id, c->key_id, &nk), r, out);
+    if (tr->installing_key_id[0] != '\0') {
+        /* Activating the key being installed again resumes it; another key waits. */
+        KV_ENSURE_GOTO(strcmp(tr->installing_key_id, c->key_id) == 0, r, out,
+                       KV_ERR_FAILED_PRECONDITION,
+                       "key %s is being activated; wait until it is active", tr->installing_key_id);
+        goto out;
+    }
+    KV_ENSURE_GOTO(nk->source != HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE, r, out,
+                   KV_ERR_FAILED_PRECONDITION,
+                   "key %s is the tenant's service key and cannot be activated", c->key_id);
     KV_ENSURE_GOTO(nk->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE, r, out,
-                   KV_ERR_FAILED_PRECONDITION, "key %s changed state during activation", c->key_id);
-    if (tr->active_key_id[0] != '\0') {
+                   KV_ERR_FAILED_PRECONDITION,
+                   "key %s is %s; only an available key can be activated", c->key_id,
+                   vault_key_state_name(nk->state));
+    if (tr->last_activation_at > 0 && c->v->activation_cooldown > 0 &&
+        c->now < tr->last_activation_at + c->v->activation_cooldown) {
+        char until[32], last[32];
+        kv_clock_format(tr->last_activation_at + c->v->activation_cooldown, until, sizeof(until));
+        kv_clock_format(tr->last_activation_at, last, sizeof(last));
+        KV_BAIL_GOTO(r, out, KV_ERR_FAILED_PRECONDITION,
+                     "activation is blocked until %s (%lld h after the activation of %s)", until,
+                     (long long)(c->v->activation_cooldown / 3600), last);
+    }
+    nk->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_INSTALLING;
+    KV_GUARD_GOTO(vault_put_key(t, nk), r, out);
+    char *own = tr->installing_key_id;
+    tr->installing_key_id = nk->id;
+    r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
+    tr->installing_key_id = own;
+out:
+    kv_pb_free(&tr->base);
+    if (nk != NULL) kv_pb_free(&nk->base);
+    return r;
+}
+
+static kv_result vault_activate_finish_commit(store_txn *t, void *arg)
+{
+    const vault_activate_ctx *c = arg;
+    TenantRecord *tr = NULL;
+    KeyRecord *nk = NULL, *old = NULL;
+    kv_result r = KV_SUCCESS;
+    KV_GUARD(vault_get_tenant(t, c->tenant_id, &tr));
+    KV_GUARD_GOTO(vault_get_key(t, c->tenant_id, c->key_id, &nk), r, out);
+    KV_ENSURE_GOTO(strcmp(tr->installing_key_id, c->key_id) == 0 &&
+                       nk->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_INSTALLING,
+                   r, out, KV_ERR_ABORTED, "the activation of key %s changed under it; retry",
+                   c->key_id);
+    if (tr->active_key_id[0] != '\0' && strcmp(tr->active_key_id, c->key_id) != 0) {
         KV_GUARD_GOTO(vault_get_key(t, c->tenant_id, tr->active_key_id, &old), r, out);
         old->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE;
-        vault_key_store_key(c->tenant_id, old->id, k, sizeof(k));
-        KV_GUARD_GOTO(store_put(t, STORE_KEYS, k, &old->base), r, out);
+        KV_GUARD_GOTO(vault_put_key(t, old), r, out);
     }
     nk->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE;
     nk->activated_at = c->now;
-    vault_key_store_key(c->tenant_id, nk->id, k, sizeof(k));
-    KV_GUARD_GOTO(store_put(t, STORE_KEYS, k, &nk->base), r, out);
-    char *own = tr->active_key_id;
+    KV_GUARD_GOTO(vault_put_key(t, nk), r, out);
+    char *own_active = tr->active_key_id, *own_installing = tr->installing_key_id;
     tr->active_key_id = nk->id;
+    tr->installing_key_id = "";
     tr->last_activation_at = c->now;
     tr->last_key_change_at = c->now;
     r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
-    tr->active_key_id = own;
-    if (kv_ok(r)) {
-        if (c->result != NULL) kv_pb_free(&c->result->base);
-        c->result = nk;
-        nk = NULL;
-    }
+    tr->active_key_id = own_active;
+    tr->installing_key_id = own_installing;
 out:
     kv_pb_free(&tr->base);
     if (nk != NULL) kv_pb_free(&nk->base);
@@ -353,30 +417,93 @@ out:
     return r;
 }
 
-typedef struct {
-    char (*ids)[VAULT_ID_MAX];
-    size_t n, cap;
-    const char *tenant_id;
-} vault_env_ids;
-
-static kv_result vault_collect_cm_env(const char *key, ProtobufCMessage **msg, void *arg)
+static bool vault_is_cm_env_of(const ProtobufCMessage *msg, const void *tenant_id)
 {
-    (void)key;
-    vault_env_ids *l = arg;
-    const EnvironmentRecord *e = (const EnvironmentRecord *)*msg;
-    if (strcmp(e->tenant_id, l->tenant_id) != 0 ||
-        e->encryption != HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED ||
-        e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED)
-        return KV_SUCCESS;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 8;
-        char(*p)[VAULT_ID_MAX] = realloc(l->ids, cap * sizeof(*p));
-        KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
-        l->ids = p;
-        l->cap = cap;
+    const EnvironmentRecord *e = (const EnvironmentRecord *)msg;
+    return strcmp(e->tenant_id, tenant_id) == 0 &&
+           e->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED &&
+           e->state != HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED;
+}
+
+/* Test hook: dies like kill -9 at a named point (vaultd --dev, test builds). */
+static void vault_test_crash_point(const vault *v, const char *point)
+{
+#ifdef KV_TEST_HOOKS
+    const char *want = getenv("HSMVAULT_TEST_CRASH_AT");
+    if (v->test_hooks && want != NULL && strcmp(want, point) == 0) {
+        KV_LOG_WARN("test hook: dying at %s", point);
+        raise(SIGKILL);
     }
-    snprintf(l->ids[l->n++], VAULT_ID_MAX, "%s", e->id);
-    return KV_SUCCESS;
+#else
+    (void)v;
+    (void)point;
+#endif
+}
+
+/* The rewrap and finish steps for an installing key; *out gets the key as
+ * committed.  Idempotent: DEKs already under the key are left as they are. */
+static kv_result vault_activate_finish(vault *v, const char *tenant_id, const char *key_id,
+                                       KeyRecord **out)
+{
+    store_txn *t = NULL;
+    store_list envs = {0};
+    KeyRecord *nk = NULL;
+    kv_result r = KV_SUCCESS;
+    KV_GUARD(store_read_begin(v->store, &t));
+    r = vault_get_key(t, tenant_id, key_id, &nk);
+    if (kv_ok(r))
+        r = store_collect(t, STORE_ENVIRONMENTS, "",
+                          &hsmvault__store__environment_record__descriptor, vault_is_cm_env_of,
+                          tenant_id, &envs);
+    store_read_end(t);
+    KV_GUARD_GOTO(r, r, out);
+    for (size_t i = 0; i < envs.n; i++) {
+        const EnvironmentRecord *e = (const EnvironmentRecord *)envs.items[i];
+        KV_GUARD_GOTO(vault_rewrap_environment(
+                          v, e->id, nk, HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED),
+                      r, out);
+        vault_test_crash_point(v, "activation-rewrap");
+    }
+    vault_activate_ctx c = {
+        .v = v, .tenant_id = tenant_id, .key_id = key_id, .now = kv_clock_now()};
+    KV_GUARD_GOTO(store_update(v->store, vault_activate_finish_commit, &c), r, out);
+    KV_LOG_INFO("tenant %s: key %s is active (%zu customer-managed environments re-wrapped)",
+                tenant_id, key_id, envs.n);
+    KV_GUARD_GOTO(store_read_begin(v->store, &t), r, out);
+    r = vault_get_key(t, tenant_id, key_id, out);
+    store_read_end(t);
+out:
+    store_list_free(&envs);
+    if (nk != NULL) kv_pb_free(&nk->base);
+    return r;
+}
+
+static bool vault_is_installing(const ProtobufCMessage *msg, const void *arg)
+{
+    (void)arg;
+    return ((const TenantRecord *)msg)->installing_key_id[0] != '\0';
+}
+
+kv_result vault_resume_activations(vault *v)
+{
+    store_txn *t = NULL;
+    store_list tenants = {0};
+    KV_GUARD(store_read_begin(v->store, &t));
+    kv_result r = store_collect(t, STORE_TENANTS, "", &hsmvault__store__tenant_record__descriptor,
+                                vault_is_installing, NULL, &tenants);
+    store_read_end(t);
+    pthread_mutex_lock(&v->lifecycle);
+    for (size_t i = 0; kv_ok(r) && i < tenants.n; i++) {
+        const TenantRecord *tr = (const TenantRecord *)tenants.items[i];
+        KV_LOG_WARN("tenant %s: resuming the interrupted activation of key %s", tr->id,
+                    tr->installing_key_id);
+        KeyRecord *k = NULL;
+        r = vault_activate_finish(v, tr->id, tr->installing_key_id, &k);
+        if (k != NULL) kv_pb_free(&k->base);
+    }
+    pthread_mutex_unlock(&v->lifecycle);
+    store_list_free(&tenants);
+    return r;
 }
 
 VAULT_HANDLER(vault_rpc_activate_key, Hsmvault__V1__ActivateKeyRequest,
@@ -386,54 +513,26 @@ static kv_result vault_rpc_activate_key_impl(vault *v, const rpc_ctx *ctx,
                                              rpc_reply *reply)
 {
     TenantRecord *tr = NULL;
-    KeyRecord *nk = NULL;
-    vault_env_ids envs = {.tenant_id = req->tenant_id};
-    store_txn *t = NULL;
+    KeyRecord *done = NULL;
     KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "activate keys", &tr));
-    kv_result r = KV_SUCCESS;
-    pthread_mutex_lock(&v->lifecycle);
-    KV_GUARD_GOTO(store_read_begin(v->store, &t), r, out);
-    KV_GUARD_GOTO(vault_get_key(t, req->tenant_id, req->key_id, &nk), r, out);
-    if (nk->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE ||
-        nk->state != HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE) {
-        static const char *const names[] = {"unspecified", "available", "installing",
-                                            "active",      "locked",    "deleted"};
-        const char *state =
-            (unsigned)nk->state < KV_ARRAY_LEN(names) ? names[nk->state] : "unknown";
-        KV_BAIL_GOTO(r, out, KV_ERR_FAILED_PRECONDITION,
-                     nk->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_SERVICE
-                         ? "key %s is the tenant's service key and cannot be activated (state %s)"
-                         : "key %s is %s; only an available key can be activated",
-                     req->key_id, state);
-    }
-    KV_GUARD_GOTO(store_scan(t, STORE_ENVIRONMENTS, "",
-                             &hsmvault__store__environment_record__descriptor, vault_collect_cm_env,
-                             &envs),
-                  r, out);
-    store_read_end(t);
-    t = NULL;
-    /* Every customer-managed environment moves to the new key; pages are not
-     * touched, only DEK wrappings. */
-    for (size_t i = 0; i < envs.n; i++)
-        KV_GUARD_GOTO(
-            vault_rewrap_environment(v, envs.ids[i], nk,
-                                     HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED),
-            r, out);
-    vault_activate_ctx c = {
-        .tenant_id = req->tenant_id, .key_id = req->key_id, .now = kv_clock_now()};
-    KV_GUARD_GOTO(store_update(v->store, vault_activate_commit, &c), r, out);
-    KV_LOG_INFO("tenant %s: key %s activated by %s (%zu environments re-wrapped)", req->tenant_id,
-                req->key_id, ctx->principal, envs.n);
-    char fp_hex[65];
-    Hsmvault__V1__TenantKey api;
-    vault_key_to_api(c.result, &api, fp_hex);
-    r = vault_reply(reply, &api.base, false);
-    kv_pb_free(&c.result->base);
-out:
-    store_read_end(t);
-    pthread_mutex_unlock(&v->lifecycle);
-    free(envs.ids);
-    if (nk != NULL) kv_pb_free(&nk->base);
     kv_pb_free(&tr->base);
+    KV_GUARD(vault_check_id("key_id", req->key_id));
+    pthread_mutex_lock(&v->lifecycle);
+    vault_activate_ctx c = {
+        .v = v, .tenant_id = req->tenant_id, .key_id = req->key_id, .now = kv_clock_now()};
+    kv_result r = store_update(v->store, vault_activate_begin, &c);
+    if (kv_ok(r)) {
+        KV_LOG_INFO("tenant %s: key %s installing (activation by %s)", req->tenant_id, req->key_id,
+                    ctx->principal);
+        r = vault_activate_finish(v, req->tenant_id, req->key_id, &done);
+    }
+    pthread_mutex_unlock(&v->lifecycle);
+    if (kv_ok(r)) {
+        char fp_hex[65];
+        Hsmvault__V1__TenantKey api;
+        vault_key_to_api(done, &api, fp_hex);
+        r = vault_reply(reply, &api.base, false);
+    }
+    if (done != NULL) kv_pb_free(&done->base);
     return r;
 }

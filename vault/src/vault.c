@@ -19,6 +19,7 @@ kv_result vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds)
     v->hsm = h;
     v->store = s;
     v->lease_seconds = lease_seconds > 0 ? lease_seconds : 60;
+    v->activation_cooldown = 24 * 3600;
     /* Prefer the strongest OAEP the token unwraps; record it in every blob. */
     v->wrap_hash = hsm_supports_oaep(h, HSM_OAEP_SHA256) ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1;
     pthread_mutex_init(&v->lifecycle, NULL);
@@ -147,6 +148,7 @@ void vault_tenant_to_api(const TenantRecord *r, Hsmvault__V1__Tenant *out)
     out->self_managed_keys = r->self_managed_keys;
     out->created_at = r->created_at;
     out->active_key_id = r->active_key_id;
+    out->installing_key_id = r->installing_key_id;
 }
 
 void vault_key_to_api(const KeyRecord *r, Hsmvault__V1__TenantKey *out, char fp_hex[65])

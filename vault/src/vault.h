@@ -44,6 +44,7 @@ typedef struct {
     hsm *hsm;
     vault_store *store;
     unsigned lease_seconds;
+    int64_t activation_cooldown; /* seconds; no activation sooner after the last one */
     bool test_hooks;         /* --dev only: Testing/AdvanceClock answers (non-release builds) */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
     /* Serializes changes that create or destroy token objects or re-wrap
@@ -59,6 +60,9 @@ void vault_fini(vault *v);
  * hsmvault:*, named by no record) are destroyed; keys the store names but the
  * token lacks are logged and counted. */
 KV_RESULT vault_reconcile(vault *v);
+/* Finishes every activation a crash interrupted (tenants with an installing
+ * key).  Start-up, after reconcile. */
+KV_RESULT vault_resume_activations(vault *v);
 
 /* Gives principal a role binding (idempotent); used to bootstrap operators. */
 KV_RESULT vault_bind_role(vault *v, const char *principal, Hsmvault__V1__Role role,

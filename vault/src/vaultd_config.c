@@ -21,6 +21,7 @@ void vaultd_config_defaults(vaultd_config *c)
     c->sessions = 0; /* = workers */
     c->lease_seconds = 60;
     c->max_message = 4u << 20;
+    c->activation_cooldown = 24 * 3600;
 }
 
 static kv_result vaultd_config_set(const char *key, const char *value, void *arg)
@@ -57,6 +58,8 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
         c->lease_seconds = (unsigned)n;
         return KV_SUCCESS;
     }
+    if (strcmp(key, "activation_cooldown") == 0)
+        return kv_config_duration(key, value, 0, 365LL * 86400, &c->activation_cooldown);
     if (strcmp(key, "max_message") == 0) {
         KV_GUARD(kv_config_uint(key, value, 4096, 64ul << 20, &n));
         c->max_message = n;

@@ -6,6 +6,7 @@
 
 #include <limits.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kv_result.h"
 
@@ -23,6 +24,7 @@ typedef struct {
     unsigned sessions;
     unsigned lease_seconds;
     size_t max_message;
+    int64_t activation_cooldown; /* seconds between two activations of a tenant's keys */
 } vaultd_config;
 
 void vaultd_config_defaults(vaultd_config *c);

@@ -33,7 +33,8 @@ static void usage(FILE *f)
         "  --listen ADDR      listen address (default 127.0.0.1:7443; port 0 picks a free port)\n"
         "  --config FILE      production: module, token_label, pin_file, listen, tls_ca,\n"
         "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
-        "                     sessions, lease_seconds, max_message (see docs/operations.md)\n"
+        "                     sessions, lease_seconds, max_message, activation_cooldown\n"
+        "                     (see docs/operations.md)\n"
         "  --workers N        worker threads (default 4)\n"
         "  --sessions N       token sessions in the pool (default: one per worker)\n"
         "  --verbose          debug logging\n"
@@ -129,8 +130,13 @@ int main(int argc, char **argv)
     if (kv_failed(store_open(store_dir, &store))) goto fail;
     if (kv_failed(vault_init(&v, h, store, cfg.lease_seconds))) goto fail;
     v.test_hooks = dev;
+    v.activation_cooldown = cfg.activation_cooldown;
     vault_ready = true;
     if (kv_failed(vault_reconcile(&v))) goto fail;
+    if (kv_failed(vault_resume_activations(&v)))
+        kv_log_error_record(KV_LOG_ERROR,
+                            "an interrupted activation could not be finished; it is retried by "
+                            "activating the same key again");
     if (cfg.bootstrap_operator[0] != '\0' &&
         kv_failed(vault_bind_role(&v, cfg.bootstrap_operator, HSMVAULT__V1__ROLE__ROLE_OPERATOR,
                                   NULL, NULL)))
