@@ -15,6 +15,7 @@
 #include "devca.h"
 #include "hsm.h"
 #include "kv_base64.h"
+#include "kv_clock.h"
 #include "kv_file.h"
 #include "kv_log.h"
 #include "kv_secret.h"
@@ -147,4 +148,32 @@ kv_result vaultd_dev_publish(const vaultd_config *c, int port)
     KV_GUARD(dev_path(addr_path, sizeof(addr_path), c->state_dir, "vaultd.addr"));
     int n = snprintf(addr, sizeof(addr), "%s:%d\n", host, port);
     return kv_file_write_atomic(addr_path, addr, (size_t)n, 0644);
+}
+
+kv_result vaultd_dev_clock(const vaultd_config *c, char *path, size_t cap)
+{
+#ifndef KV_TEST_HOOKS
+    (void)c;
+    if (cap > 0) path[0] = '\0';
+    return KV_SUCCESS;
+#else
+    KV_GUARD(dev_path(path, cap, c->state_dir, "test-clock-offset"));
+    uint8_t *data = NULL;
+    size_t len = 0;
+    if (kv_failed(kv_file_read(path, 64, &data, &len))) {
+        kv_error_clear(); /* no file: the clock is not moved */
+        return KV_SUCCESS;
+    }
+    char text[65];
+    memcpy(text, data, len);
+    text[len] = '\0';
+    free(data);
+    char *end = NULL;
+    long long off = strtoll(text, &end, 10);
+    KV_ENSURE(end != text && (*end == '\n' || *end == '\0') && off >= 0, KV_ERR_DATA_LOSS,
+              "%s does not hold a clock offset in seconds", path);
+    kv_clock_advance(off - kv_clock_offset());
+    KV_LOG_WARN("dev: test clock restored %lld s ahead of real time", off);
+    return KV_SUCCESS;
+#endif
 }

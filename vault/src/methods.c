@@ -2,7 +2,10 @@
  * methods.c: the method table vaultd serves (every RPC of hsmvault.v1 that
  * this version implements; anything else answers UNIMPLEMENTED).
  */
+#include <stdio.h>
+
 #include "kv_clock.h"
+#include "kv_file.h"
 #include "kv_pb.h"
 #include "vault.h"
 
@@ -51,6 +54,12 @@ static kv_result vault_rpc_advance_clock_impl(vault *v, const rpc_ctx *ctx,
     KV_ENSURE(req->seconds >= 0 && req->seconds <= 10LL * 365 * 86400, KV_ERR_INVALID_ARGUMENT,
               "seconds must be between 0 and ten years");
     kv_clock_advance(req->seconds);
+    /* Persist the offset so timers keep their meaning across restarts. */
+    if (v->clock_file[0] != '\0') {
+        char text[32];
+        int n = snprintf(text, sizeof(text), "%lld\n", (long long)kv_clock_offset());
+        KV_GUARD(kv_file_write_atomic(v->clock_file, text, (size_t)n, 0600));
+    }
     Hsmvault__V1__AdvanceClockResponse resp = HSMVAULT__V1__ADVANCE_CLOCK_RESPONSE__INIT;
     resp.now = kv_clock_now();
     resp.offset = kv_clock_offset();

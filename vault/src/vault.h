@@ -46,6 +46,7 @@ typedef struct {
     unsigned lease_seconds;
     int64_t activation_cooldown; /* seconds; no activation sooner after the last one */
     bool test_hooks;         /* --dev only: Testing/AdvanceClock answers (non-release builds) */
+    char clock_file[4096];   /* --dev: where the test clock offset persists across restarts */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
     /* Serializes changes that create or destroy token objects or re-wrap
      * DEKs; unwraps and reads never take it. */

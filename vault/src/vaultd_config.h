@@ -39,6 +39,10 @@ KV_RESULT vaultd_dev_prepare(vaultd_config *c);
  * <state>/vaultd.addr once the real port is known. */
 KV_RESULT vaultd_dev_publish(const vaultd_config *c, int port);
 
+/* --dev in test builds: restores the test clock's offset from
+ * <state>/test-clock-offset (if any) and names that file in path. */
+KV_RESULT vaultd_dev_clock(const vaultd_config *c, char *path, size_t cap);
+
 /* The dev principals: name and SAN URI. */
 #define VAULTD_DEV_URI_PREFIX "spiffe://hsmvault.dev/"
 extern const char *const vaultd_dev_principals[5];

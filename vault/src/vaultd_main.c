@@ -131,6 +131,9 @@ int main(int argc, char **argv)
     if (kv_failed(vault_init(&v, h, store, cfg.lease_seconds))) goto fail;
     v.test_hooks = dev;
     v.activation_cooldown = cfg.activation_cooldown;
+#ifdef KV_TEST_HOOKS
+    if (dev && kv_failed(vaultd_dev_clock(&cfg, v.clock_file, sizeof(v.clock_file)))) goto fail;
+#endif
     vault_ready = true;
     if (kv_failed(vault_reconcile(&v))) goto fail;
     if (kv_failed(vault_resume_activations(&v)))
