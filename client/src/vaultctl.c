@@ -440,6 +440,15 @@ static int cmd_key_activate(vc *c, const cli *a)
                       &hsmvault__v1__tenant_key__descriptor);
 }
 
+static int cmd_key_rollback(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__RollBackRequest req = HSMVAULT__V1__ROLL_BACK_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    return call_print(c, a, "/hsmvault.v1.TenantKeys/RollBack", &req.base,
+                      &hsmvault__v1__tenant_key__descriptor);
+}
+
 /* Prints a database and a check value of its DEK (SHA-256, never the key). */
 static void print_dek_result(const cli *a, const char *env, const char *db, const kv_secret *dek,
                              uint32_t lease)
@@ -571,6 +580,8 @@ static const cmd commands[] = {
      "--tenant T --name N --pfx FILE [--password-file F | --password-stdin]",
      "upload a tenant key from a password-protected PFX (tenant-admin)"},
     {"key", "list", cmd_key_list, "--tenant T", "list tenant keys with state and fingerprint"},
+    {"key", "roll-back", cmd_key_rollback, "--tenant T",
+     "within 72 h of an activation, make the previous key active again (another tenant-admin)"},
     {"key", "activate", cmd_key_activate, "--tenant T --key K",
      "activate an available key (tenant-admin)"},
     {"db", "create", cmd_db_create, "--env E --name N",

@@ -942,6 +942,62 @@ static void test_activation_crash(void)
           0);
 }
 
+static kv_result roll_back(vc *c, const char *t)
+{
+    Hsmvault__V1__RollBackRequest req = HSMVAULT__V1__ROLL_BACK_REQUEST__INIT;
+    req.tenant_id = (char *)t;
+    Hsmvault__V1__TenantKey *k = NULL;
+    kv_result r = CALL(c, M("TenantKeys", "RollBack"), req, tenant_key, &k);
+    if (kv_ok(r)) CHECK(k->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    kv_pb_free(k ? &k->base : NULL);
+    return r;
+}
+
+/* Seed 000's defence: within 72 h of an activation another tenant admin rolls
+ * it back (the 24 h rule does not apply); the activator cannot; nothing to roll
+ * back twice; the window closes after 72 h. */
+static void test_rollback(void)
+{
+    CHECK(vaultd_proc_start(&vd, state));
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    sn = vaultd_proc_client(&vd, "storage-node");
+    vc *ta2 = vaultd_proc_client(&vd, "tenant-admin-2");
+    CHECK(ta2 != NULL);
+    if (ta2 == NULL) return;
+    CHECK_ERR(roll_back(ta2, tenant), KV_ERR_PERMISSION_DENIED); /* not bound yet */
+    CHECK_OK(bind(op, URI("tenant-admin-2"), HSMVAULT__V1__ROLE__ROLE_TENANT_ADMIN, tenant, NULL));
+    CHECK_ERR(roll_back(op, tenant), KV_ERR_PERMISSION_DENIED);
+    /* key_gen was activated (via the resumed activation) by tenant-admin. */
+    CHECK_ERR(roll_back(ta, tenant), KV_ERR_PERMISSION_DENIED);
+    CHECK(strstr(kv_error_msg(), "another tenant admin") != NULL);
+    CHECK_OK(roll_back(ta2, tenant));
+    CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
+    Hsmvault__V1__Environment *pe = get_env(env_prod);
+    if (pe) CHECK(strcmp(pe->key_id, key_up) == 0);
+    kv_pb_free(pe ? &pe->base : NULL);
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    CHECK_OK(unwrap_same(sn, env_sbx, db_sbx, dek_sbx));
+    CHECK_ERR(roll_back(ta2, tenant), KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "no activation to roll back") != NULL);
+
+    /* A roll-back counts as an activation for the 24 h rule... */
+    CHECK_ERR(activate(ta, tenant, key_gen), KV_ERR_FAILED_PRECONDITION);
+    CHECK_OK(advance_clock(op, 25 * 3600));
+    CHECK_OK(activate(ta, tenant, key_gen));
+    /* ...and a roll-back is possible only within 72 h of the activation. */
+    CHECK_OK(advance_clock(op, 72 * 3600));
+    CHECK_ERR(roll_back(ta2, tenant), KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "roll-back window closed") != NULL);
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    vc_close(ta2);
+    vc_close(op), vc_close(ta), vc_close(sn);
+    op = ta = sn = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+}
+
 int main(void)
 {
     rpc_client_global_init();
@@ -960,6 +1016,7 @@ int main(void)
         RUN(test_restart_and_reconcile);
         RUN(test_second_instance_refused);
         RUN(test_activation_crash);
+        RUN(test_rollback);
     }
     if (vd.pid > 0) vaultd_proc_kill(&vd);
     int rc = kv_test_finish();

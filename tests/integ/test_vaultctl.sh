@@ -120,6 +120,12 @@ expect 6 "activate within 24 h" -- as tenant-admin key activate --tenant "$TENAN
 grep -q "activation is blocked until" "$TMP/err" && ok || bad "24 h refusal: $(cat "$TMP/err")"
 expect 0 "advance 24 h" -- as operator clock advance --seconds 86400
 expect 0 "activate" -- as tenant-admin key activate --tenant "$TENANT" --key "$KEY2"
+# Roll-back: only another tenant admin, within 72 h.
+expect 0 "bind second admin" -- as operator role bind --principal spiffe://hsmvault.dev/tenant-admin-2 --role tenant-admin --tenant "$TENANT"
+expect 5 "activator cannot roll back" -- as tenant-admin key roll-back --tenant "$TENANT"
+expect 0 "roll back" -- as tenant-admin-2 key roll-back --tenant "$TENANT"
+grep -q "$KEY1" "$TMP/out" && grep -q "state: active" "$TMP/out" && ok || bad "roll-back output: $(cat "$TMP/out")"
+expect 6 "nothing left to roll back" -- as tenant-admin-2 key roll-back --tenant "$TENANT"
 expect 0 "unwrap" -- as storage-node --json db unwrap --env "$ENV" --db "$DB"
 grep -q "$CHK" "$TMP/out" && ok || bad "check value changed: $(cat "$TMP/out")"
 grep -q '"dek"' "$TMP/out" && bad "--json printed the key" || ok

@@ -23,8 +23,8 @@
 
 #define DEV_TOKEN_LABEL "hsmvault-dev"
 
-const char *const vaultd_dev_principals[5] = {"operator", "tenant-admin", "environment-admin",
-                                              "storage-node", "auditor"};
+const char *const vaultd_dev_principals[VAULTD_DEV_PRINCIPALS] = {
+    "operator", "tenant-admin", "tenant-admin-2", "environment-admin", "storage-node", "auditor"};
 
 static bool dev_exists(const char *path)
 {
@@ -93,16 +93,22 @@ static kv_result dev_tls(vaultd_config *c)
     KV_GUARD(dev_path(c->tls_ca, sizeof(c->tls_ca), dir, "ca.pem"));
     KV_GUARD(dev_path(c->tls_cert, sizeof(c->tls_cert), dir, "server.pem"));
     KV_GUARD(dev_path(c->tls_key, sizeof(c->tls_key), dir, "server.key"));
-    if (dev_exists(ca)) return KV_SUCCESS;
-    KV_GUARD(kv_file_mkdirs(dir, 0700));
-    KV_GUARD(devca_create(dir, "hsmvault dev CA"));
-    KV_GUARD(devca_issue(dir, "server", "vaultd", NULL, true));
+    if (!dev_exists(ca)) {
+        KV_GUARD(kv_file_mkdirs(dir, 0700));
+        KV_GUARD(devca_create(dir, "hsmvault dev CA"));
+        KV_GUARD(devca_issue(dir, "server", "vaultd", NULL, true));
+        KV_LOG_INFO("dev: created a private CA in %s", dir);
+    }
+    /* Every dev principal has a certificate; a state directory from an older
+     * vaultd gets the ones it lacks. */
     for (size_t i = 0; i < KV_ARRAY_LEN(vaultd_dev_principals); i++) {
-        char uri[128];
+        char uri[128], pem[PATH_MAX + 64];
+        snprintf(pem, sizeof(pem), "%s/%s.pem", dir, vaultd_dev_principals[i]);
+        if (dev_exists(pem)) continue;
         snprintf(uri, sizeof(uri), VAULTD_DEV_URI_PREFIX "%s", vaultd_dev_principals[i]);
         KV_GUARD(devca_issue(dir, vaultd_dev_principals[i], vaultd_dev_principals[i], uri, false));
+        KV_LOG_INFO("dev: issued a client certificate for %s", uri);
     }
-    KV_LOG_INFO("dev: created a private CA and certificates in %s", dir);
     return KV_SUCCESS;
 }
 

@@ -23,6 +23,7 @@ H(vault_rpc_generate_key);
 H(vault_rpc_upload_key);
 H(vault_rpc_list_keys);
 H(vault_rpc_activate_key);
+H(vault_rpc_roll_back);
 H(vault_rpc_create_environment);
 H(vault_rpc_list_environments);
 H(vault_rpc_get_environment);
@@ -80,6 +81,7 @@ static const rpc_method vault_method_table[] = {
     {"/hsmvault.v1.TenantKeys/UploadKey", vault_rpc_upload_key},
     {"/hsmvault.v1.TenantKeys/ListKeys", vault_rpc_list_keys},
     {"/hsmvault.v1.TenantKeys/ActivateKey", vault_rpc_activate_key},
+    {"/hsmvault.v1.TenantKeys/RollBack", vault_rpc_roll_back},
     {"/hsmvault.v1.Environments/CreateEnvironment", vault_rpc_create_environment},
     {"/hsmvault.v1.Environments/ListEnvironments", vault_rpc_list_environments},
     {"/hsmvault.v1.Environments/GetEnvironment", vault_rpc_get_environment},

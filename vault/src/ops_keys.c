@@ -321,8 +321,11 @@ static kv_result vault_rpc_list_keys_impl(vault *v, const rpc_ctx *ctx,
 typedef struct {
     const vault *v;
     const char *tenant_id;
-    const char *key_id;
+    const char *key_id; /* activation: the key; roll-back: filled in by the begin step */
+    const char *principal;
     int64_t now;
+    bool rollback;
+    char rollback_key[VAULT_ID_MAX];
 } vault_activate_ctx;
 
 static const char *vault_key_state_name(Hsmvault__V1__KeyState s)
@@ -337,6 +340,24 @@ static kv_result vault_put_key(store_txn *t, const KeyRecord *k)
     char sk[2 * VAULT_ID_MAX];
     vault_key_store_key(k->tenant_id, k->id, sk, sizeof(sk));
     return store_put(t, STORE_KEYS, sk, &k->base);
+}
+
+/* Marks nk installing and names it (and who asked, and why) in the tenant. */
+static kv_result vault_install(store_txn *t, TenantRecord *tr, KeyRecord *nk, const char *principal,
+                               bool rollback)
+{
+    KV_ENSURE(principal != NULL && principal[0] != '\0', KV_ERR_INTERNAL,
+              "an activation without a principal");
+    nk->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_INSTALLING;
+    KV_GUARD(vault_put_key(t, nk));
+    char *own_id = tr->installing_key_id, *own_by = tr->installing_by;
+    tr->installing_key_id = nk->id;
+    tr->installing_by = (char *)(uintptr_t)principal;
+    tr->installing_is_rollback = rollback;
+    kv_result r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
+    tr->installing_key_id = own_id;
+    tr->installing_by = own_by;
+    return r;
 }
 
 static kv_result vault_activate_begin(store_txn *t, void *arg)
@@ -370,12 +391,7 @@ static kv_result vault_activate_begin(store_txn *t, void *arg)
                      "activation is blocked until %s (%lld h after the activation of %s)", until,
                      (long long)(c->v->activation_cooldown / 3600), last);
     }
-    nk->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_INSTALLING;
-    KV_GUARD_GOTO(vault_put_key(t, nk), r, out);
-    char *own = tr->installing_key_id;
-    tr->installing_key_id = nk->id;
-    r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
-    tr->installing_key_id = own;
+    r = vault_install(t, tr, nk, c->principal, false);
 out:
     kv_pb_free(&tr->base);
     if (nk != NULL) kv_pb_free(&nk->base);
@@ -402,14 +418,25 @@ static kv_result vault_activate_finish_commit(store_txn *t, void *arg)
     nk->state = HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE;
     nk->activated_at = c->now;
     KV_GUARD_GOTO(vault_put_key(t, nk), r, out);
-    char *own_active = tr->active_key_id, *own_installing = tr->installing_key_id;
+    /* After an activation the old key is what a roll-back returns to; after
+     * a roll-back there is nothing to roll back to. */
+    char *own_active = tr->active_key_id, *own_installing = tr->installing_key_id,
+         *own_prev = tr->previous_active_key_id, *own_last_by = tr->last_activated_by,
+         *own_by = tr->installing_by;
+    tr->previous_active_key_id = tr->installing_is_rollback ? "" : own_active;
+    tr->last_activated_by = own_by;
     tr->active_key_id = nk->id;
     tr->installing_key_id = "";
+    tr->installing_by = "";
+    tr->installing_is_rollback = false;
     tr->last_activation_at = c->now;
     tr->last_key_change_at = c->now;
     r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
     tr->active_key_id = own_active;
     tr->installing_key_id = own_installing;
+    tr->previous_active_key_id = own_prev;
+    tr->last_activated_by = own_last_by;
+    tr->installing_by = own_by;
 out:
     kv_pb_free(&tr->base);
     if (nk != NULL) kv_pb_free(&nk->base);
@@ -518,13 +545,88 @@ static kv_result vault_rpc_activate_key_impl(vault *v, const rpc_ctx *ctx,
     kv_pb_free(&tr->base);
     KV_GUARD(vault_check_id("key_id", req->key_id));
     pthread_mutex_lock(&v->lifecycle);
-    vault_activate_ctx c = {
-        .v = v, .tenant_id = req->tenant_id, .key_id = req->key_id, .now = kv_clock_now()};
+    vault_activate_ctx c = {.v = v,
+                            .tenant_id = req->tenant_id,
+                            .key_id = req->key_id,
+                            .principal = ctx->principal,
+                            .now = kv_clock_now()};
     kv_result r = store_update(v->store, vault_activate_begin, &c);
     if (kv_ok(r)) {
         KV_LOG_INFO("tenant %s: key %s installing (activation by %s)", req->tenant_id, req->key_id,
                     ctx->principal);
         r = vault_activate_finish(v, req->tenant_id, req->key_id, &done);
+    }
+    pthread_mutex_unlock(&v->lifecycle);
+    if (kv_ok(r)) {
+        char fp_hex[65];
+        Hsmvault__V1__TenantKey api;
+        vault_key_to_api(done, &api, fp_hex);
+        r = vault_reply(reply, &api.base, false);
+    }
+    if (done != NULL) kv_pb_free(&done->base);
+    return r;
+}
+
+/* Roll-back (seed 000): within the roll-back window after an activation, a
+ * tenant admin other than the one who activated makes the previous key active
+ * again.  The 24 h activation rule does not apply. */
+static kv_result vault_rollback_begin(store_txn *t, void *arg)
+{
+    vault_activate_ctx *c = arg;
+    TenantRecord *tr = NULL;
+    KeyRecord *pk = NULL;
+    kv_result r = KV_SUCCESS;
+    KV_GUARD(vault_get_tenant(t, c->tenant_id, &tr));
+    KV_ENSURE_GOTO(tr->installing_key_id[0] == '\0', r, out, KV_ERR_FAILED_PRECONDITION,
+                   "key %s is being activated; wait until it is active", tr->installing_key_id);
+    KV_ENSURE_GOTO(tr->previous_active_key_id[0] != '\0', r, out, KV_ERR_FAILED_PRECONDITION,
+                   "tenant %s has no activation to roll back", c->tenant_id);
+    if (c->now >= tr->last_activation_at + c->v->rollback_window) {
+        char until[32], last[32];
+        kv_clock_format(tr->last_activation_at + c->v->rollback_window, until, sizeof(until));
+        kv_clock_format(tr->last_activation_at, last, sizeof(last));
+        KV_BAIL_GOTO(r, out, KV_ERR_FAILED_PRECONDITION,
+                     "the roll-back window closed at %s (%lld h after the activation of %s)", until,
+                     (long long)(c->v->rollback_window / 3600), last);
+    }
+    KV_ENSURE_GOTO(
+        strcmp(tr->last_activated_by, c->principal) != 0, r, out, KV_ERR_PERMISSION_DENIED,
+        "%s activated the current key and cannot roll it back; another tenant admin must",
+        c->principal);
+    KV_GUARD_GOTO(vault_get_key(t, c->tenant_id, tr->previous_active_key_id, &pk), r, out);
+    KV_ENSURE_GOTO(pk->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE, r, out,
+                   KV_ERR_FAILED_PRECONDITION,
+                   "the previous key %s is %s and cannot become active again", pk->id,
+                   vault_key_state_name(pk->state));
+    snprintf(c->rollback_key, sizeof(c->rollback_key), "%s", pk->id);
+    r = vault_install(t, tr, pk, c->principal, true);
+out:
+    kv_pb_free(&tr->base);
+    if (pk != NULL) kv_pb_free(&pk->base);
+    return r;
+}
+
+VAULT_HANDLER(vault_rpc_roll_back, Hsmvault__V1__RollBackRequest,
+              hsmvault__v1__roll_back_request__descriptor)
+static kv_result vault_rpc_roll_back_impl(vault *v, const rpc_ctx *ctx,
+                                          const Hsmvault__V1__RollBackRequest *req,
+                                          rpc_reply *reply)
+{
+    TenantRecord *tr = NULL;
+    KeyRecord *done = NULL;
+    KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "roll back key changes", &tr));
+    kv_pb_free(&tr->base);
+    pthread_mutex_lock(&v->lifecycle);
+    vault_activate_ctx c = {.v = v,
+                            .tenant_id = req->tenant_id,
+                            .principal = ctx->principal,
+                            .now = kv_clock_now(),
+                            .rollback = true};
+    kv_result r = store_update(v->store, vault_rollback_begin, &c);
+    if (kv_ok(r)) {
+        KV_LOG_INFO("tenant %s: roll-back to key %s by %s", req->tenant_id, c.rollback_key,
+                    ctx->principal);
+        r = vault_activate_finish(v, req->tenant_id, c.rollback_key, &done);
     }
     pthread_mutex_unlock(&v->lifecycle);
     if (kv_ok(r)) {

@@ -20,6 +20,7 @@ kv_result vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds)
     v->store = s;
     v->lease_seconds = lease_seconds > 0 ? lease_seconds : 60;
     v->activation_cooldown = 24 * 3600;
+    v->rollback_window = 72 * 3600;
     /* Prefer the strongest OAEP the token unwraps; record it in every blob. */
     v->wrap_hash = hsm_supports_oaep(h, HSM_OAEP_SHA256) ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1;
     pthread_mutex_init(&v->lifecycle, NULL);

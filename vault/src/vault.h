@@ -45,6 +45,7 @@ typedef struct {
     vault_store *store;
     unsigned lease_seconds;
     int64_t activation_cooldown; /* seconds; no activation sooner after the last one */
+    int64_t rollback_window; /* seconds after an activation during which it can be rolled back */
     bool test_hooks;         /* --dev only: Testing/AdvanceClock answers (non-release builds) */
     char clock_file[4096];   /* --dev: where the test clock offset persists across restarts */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */

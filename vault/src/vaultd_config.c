@@ -22,6 +22,7 @@ void vaultd_config_defaults(vaultd_config *c)
     c->lease_seconds = 60;
     c->max_message = 4u << 20;
     c->activation_cooldown = 24 * 3600;
+    c->rollback_window = 72 * 3600;
 }
 
 static kv_result vaultd_config_set(const char *key, const char *value, void *arg)
@@ -58,6 +59,8 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
         c->lease_seconds = (unsigned)n;
         return KV_SUCCESS;
     }
+    if (strcmp(key, "rollback_window") == 0)
+        return kv_config_duration(key, value, 0, 365LL * 86400, &c->rollback_window);
     if (strcmp(key, "activation_cooldown") == 0)
         return kv_config_duration(key, value, 0, 365LL * 86400, &c->activation_cooldown);
     if (strcmp(key, "max_message") == 0) {

@@ -25,6 +25,8 @@ typedef struct {
     unsigned lease_seconds;
     size_t max_message;
     int64_t activation_cooldown; /* seconds between two activations of a tenant's keys */
+    int64_t rollback_window; /* seconds after an activation during which another admin may roll it
+                                back */
 } vaultd_config;
 
 void vaultd_config_defaults(vaultd_config *c);
@@ -45,6 +47,7 @@ KV_RESULT vaultd_dev_clock(const vaultd_config *c, char *path, size_t cap);
 
 /* The dev principals: name and SAN URI. */
 #define VAULTD_DEV_URI_PREFIX "spiffe://hsmvault.dev/"
-extern const char *const vaultd_dev_principals[5];
+#define VAULTD_DEV_PRINCIPALS 6
+extern const char *const vaultd_dev_principals[VAULTD_DEV_PRINCIPALS];
 
 #endif

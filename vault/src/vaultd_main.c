@@ -33,7 +33,8 @@ static void usage(FILE *f)
         "  --listen ADDR      listen address (default 127.0.0.1:7443; port 0 picks a free port)\n"
         "  --config FILE      production: module, token_label, pin_file, listen, tls_ca,\n"
         "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
-        "                     sessions, lease_seconds, max_message, activation_cooldown\n"
+        "                     sessions, lease_seconds, max_message, activation_cooldown,\n"
+            "                     rollback_window\n"
         "                     (see docs/operations.md)\n"
         "  --workers N        worker threads (default 4)\n"
         "  --sessions N       token sessions in the pool (default: one per worker)\n"
@@ -131,6 +132,7 @@ int main(int argc, char **argv)
     if (kv_failed(vault_init(&v, h, store, cfg.lease_seconds))) goto fail;
     v.test_hooks = dev;
     v.activation_cooldown = cfg.activation_cooldown;
+    v.rollback_window = cfg.rollback_window;
 #ifdef KV_TEST_HOOKS
     if (dev && kv_failed(vaultd_dev_clock(&cfg, v.clock_file, sizeof(v.clock_file)))) goto fail;
 #endif
