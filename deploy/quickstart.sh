@@ -50,7 +50,14 @@ start_vaultd() {
 as() {
     role=$1
     shift
-    echo "\$ vaultctl --config $STATE/clients/$role.conf $*" | sed "s|$ROOT/||g" >&2
+    shown=""
+    for arg in "$@"; do
+        case "$arg" in
+        *" "*) shown="$shown '$arg'" ;;
+        *) shown="$shown $arg" ;;
+        esac
+    done
+    echo "\$ vaultctl --config $STATE/clients/$role.conf$shown" | sed "s|$ROOT/||g" >&2
     "$VAULTCTL" --config "$STATE/clients/$role.conf" "$@"
 }
 # field NAME: the value of the first "NAME: value" line of vaultctl's output.
@@ -121,29 +128,53 @@ CHECK3=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
 echo "   database key check value after activation: $CHECK3"
 
 echo
-echo "== 7. The auditor lists the token: every private key sensitive, not extractable, decrypt/unwrap only"
+echo "== 7. Seed 001's lock: the tenant admin locks the tenant with the active key; nothing unwraps"
+echo "   locking within 72 h of a key change is refused:"
+TEXT=$(as tenant-admin tenant lock-text --tenant "$TENANT" | field text)
+as tenant-admin tenant lock --tenant "$TENANT" --pfx "$WORK/own.pfx" --password-file "$WORK/pfx-password" \
+    --confirm "$TEXT" || true
+as operator clock advance --seconds 259200 >/dev/null
+echo "   72 h later (dev clock), with the confirmation text typed back ('$TEXT'):"
+as tenant-admin tenant lock --tenant "$TENANT" --pfx "$WORK/own.pfx" --password-file "$WORK/pfx-password" \
+    --confirm "$TEXT"
+set +e
+as storage-node db unwrap --env "$PROD" --db "$DB"
+LOCKED_RC=$?
+set -e
+echo "   exit code $LOCKED_RC: the environment is locked for everyone"
+echo "   unlocking is refused for 1 h; an hour later the same key is uploaded again, then the environment unlocked:"
+as tenant-admin key unlock --tenant "$TENANT" --key "$KEY2" --pfx "$WORK/own.pfx" --password-file "$WORK/pfx-password" || true
+as operator clock advance --seconds 3600 >/dev/null
+as tenant-admin key unlock --tenant "$TENANT" --key "$KEY2" --pfx "$WORK/own.pfx" --password-file "$WORK/pfx-password" >/dev/null
+as environment-admin env unlock --env "$PROD" >/dev/null
+CHECK5=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
+echo "   database key check value after unlock: $CHECK5"
+
+echo
+echo "== 8. The auditor lists the token: every private key sensitive, not extractable, decrypt/unwrap only"
 as auditor audit token
 
 echo
-echo "== 8. Restart vaultd on the same state; the storage node unwraps the same key"
+echo "== 9. Restart vaultd on the same state; the storage node unwraps the same key"
 stop_vaultd
 start_vaultd
 CHECK4=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
 echo "   check value after restart: $CHECK4"
 
 echo
-echo "== 9. A storage node asking for another environment is refused (exit code 5)"
+echo "== 10. A storage node asking for another environment is refused (exit code 5)"
 set +e
 as storage-node db create --env "$SBX" --name reports
 rc=$?
 set -e
 echo "   exit code $rc"
 
-if [ "$CHECK1" = "$CHECK2" ] && [ "$CHECK2" = "$CHECK3" ] && [ "$CHECK3" = "$CHECK4" ] && [ -n "$CHECK1" ] && [ "$rc" = 5 ]; then
+if [ "$CHECK1" = "$CHECK2" ] && [ "$CHECK2" = "$CHECK3" ] && [ "$CHECK3" = "$CHECK4" ] && [ "$CHECK4" = "$CHECK5" ] &&
+    [ -n "$CHECK1" ] && [ "$rc" = 5 ] && [ "$LOCKED_RC" = 6 ]; then
     echo
-    echo "== OK: the database key survived the service key, two tenant keys and a restart ($CHECK1)"
+    echo "== OK: the database key survived the service key, two tenant keys, a lock and a restart ($CHECK1)"
 else
-    echo "== FAILED: check values differ ($CHECK1 $CHECK2 $CHECK3 $CHECK4) or refusal exit code $rc" >&2
+    echo "== FAILED: check values differ ($CHECK1 $CHECK2 $CHECK3 $CHECK5 $CHECK4) or exit codes $rc $LOCKED_RC" >&2
     exit 1
 fi
 stop_vaultd

@@ -391,33 +391,138 @@ static int cmd_key_generate(vc *c, const cli *a)
     return EXIT_OK;
 }
 
+/* A presented key: the PFX file and its password (wiped by material_free). */
+typedef struct {
+    Hsmvault__V1__KeyMaterial m;
+    uint8_t *file;
+    size_t len;
+    kv_secret pw;
+} material;
+
+static kv_result material_load(const cli *a, material *out)
+{
+    memset(out, 0, sizeof(*out));
+    hsmvault__v1__key_material__init(&out->m);
+    KV_GUARD(kv_file_read(a->pfx, PFX_FILE_MAX, &out->file, &out->len));
+    if (kv_failed(read_password(a, false, &out->pw))) {
+        kv_pb_buf_free(out->file, out->len);
+        return KV_FAILURE;
+    }
+    out->m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
+    out->m.pfx = (ProtobufCBinaryData){out->len, out->file};
+    out->m.password = (ProtobufCBinaryData){out->pw.len, out->pw.data};
+    return KV_SUCCESS;
+}
+
+static void material_free(material *m)
+{
+    kv_secret_free(&m->pw);
+    kv_pb_buf_free(m->file, m->len);
+}
+
 static int cmd_key_upload(vc *c, const cli *a)
 {
     NEED(tenant, "tenant");
     NEED(name, "name");
     NEED(pfx, "pfx");
-    uint8_t *file = NULL;
-    size_t len = 0;
-    if (kv_failed(kv_file_read(a->pfx, PFX_FILE_MAX, &file, &len))) return fail();
-    kv_secret pw = KV_SECRET_INIT;
-    if (kv_failed(read_password(a, false, &pw))) {
-        kv_pb_buf_free(file, len);
-        return fail();
-    }
-    Hsmvault__V1__KeyMaterial m;
-    hsmvault__v1__key_material__init(&m);
-    m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
-    m.pfx = (ProtobufCBinaryData){len, file};
-    m.password = (ProtobufCBinaryData){pw.len, pw.data};
+    material m;
+    if (kv_failed(material_load(a, &m))) return fail();
     Hsmvault__V1__UploadKeyRequest req = HSMVAULT__V1__UPLOAD_KEY_REQUEST__INIT;
     req.tenant_id = (char *)(uintptr_t)a->tenant;
     req.name = (char *)(uintptr_t)a->name;
-    req.material = &m;
+    req.material = &m.m;
     int rc = call_print(c, a, "/hsmvault.v1.TenantKeys/UploadKey", &req.base,
                         &hsmvault__v1__tenant_key__descriptor);
-    kv_secret_free(&pw);
-    kv_pb_buf_free(file, len);
+    material_free(&m);
     return rc;
+}
+
+static int cmd_tenant_lock_text(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__GetLockConfirmationRequest req =
+        HSMVAULT__V1__GET_LOCK_CONFIRMATION_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    return call_print(c, a, "/hsmvault.v1.TenantKeys/GetLockConfirmation", &req.base,
+                      &hsmvault__v1__lock_confirmation__descriptor);
+}
+
+/* Reads one line typed on the terminal (echoed: it is not a secret). */
+static kv_result prompt_line(const char *prompt, char *out, size_t cap)
+{
+    FILE *tty = fopen("/dev/tty", "r+");
+    KV_ENSURE(tty != NULL, KV_ERR_INVALID_ARGUMENT,
+              "no terminal to type the confirmation on: give --confirm TEXT");
+    fputs(prompt, tty);
+    fflush(tty);
+    bool ok = fgets(out, (int)cap, tty) != NULL;
+    fclose(tty);
+    KV_ENSURE(ok, KV_ERR_INVALID_ARGUMENT, "no confirmation typed");
+    out[strcspn(out, "\r\n")] = '\0';
+    return KV_SUCCESS;
+}
+
+static int cmd_tenant_lock(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    NEED(pfx, "pfx");
+    char typed[256];
+    const char *confirmation = a->confirm;
+    if (confirmation == NULL) {
+        /* Show the vault's text and have it typed back. */
+        Hsmvault__V1__GetLockConfirmationRequest q =
+            HSMVAULT__V1__GET_LOCK_CONFIRMATION_REQUEST__INIT;
+        q.tenant_id = (char *)(uintptr_t)a->tenant;
+        Hsmvault__V1__LockConfirmation *lc = NULL;
+        if (kv_failed(vc_call(c, "/hsmvault.v1.TenantKeys/GetLockConfirmation", &q.base,
+                              &hsmvault__v1__lock_confirmation__descriptor,
+                              (ProtobufCMessage **)&lc)))
+            return fail();
+        fprintf(stderr,
+                "Locking makes every customer-managed environment of the tenant unreadable, for "
+                "everyone,\n"
+                "until the same key is uploaded again.  To confirm, type: %s\n",
+                lc->text);
+        kv_pb_free(&lc->base);
+        if (kv_failed(prompt_line("> ", typed, sizeof(typed)))) return fail();
+        confirmation = typed;
+    }
+    material m;
+    if (kv_failed(material_load(a, &m))) return fail();
+    Hsmvault__V1__LockTenantRequest req = HSMVAULT__V1__LOCK_TENANT_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    req.active_key = &m.m;
+    req.confirmation = (char *)(uintptr_t)confirmation;
+    int rc = call_print(c, a, "/hsmvault.v1.TenantKeys/LockTenant", &req.base,
+                        &hsmvault__v1__lock_tenant_response__descriptor);
+    material_free(&m);
+    return rc;
+}
+
+static int cmd_key_unlock(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    NEED(key, "key");
+    NEED(pfx, "pfx");
+    material m;
+    if (kv_failed(material_load(a, &m))) return fail();
+    Hsmvault__V1__UnlockKeyRequest req = HSMVAULT__V1__UNLOCK_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    req.key_id = (char *)(uintptr_t)a->key;
+    req.key = &m.m;
+    int rc = call_print(c, a, "/hsmvault.v1.TenantKeys/UnlockKey", &req.base,
+                        &hsmvault__v1__tenant_key__descriptor);
+    material_free(&m);
+    return rc;
+}
+
+static int cmd_env_unlock(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    Hsmvault__V1__UnlockEnvironmentRequest req = HSMVAULT__V1__UNLOCK_ENVIRONMENT_REQUEST__INIT;
+    req.environment_id = (char *)(uintptr_t)a->env;
+    return call_print(c, a, "/hsmvault.v1.Environments/UnlockEnvironment", &req.base,
+                      &hsmvault__v1__environment__descriptor);
 }
 
 static int cmd_key_list(vc *c, const cli *a)
@@ -580,6 +685,16 @@ static const cmd commands[] = {
      "--tenant T --name N --pfx FILE [--password-file F | --password-stdin]",
      "upload a tenant key from a password-protected PFX (tenant-admin)"},
     {"key", "list", cmd_key_list, "--tenant T", "list tenant keys with state and fingerprint"},
+    {"tenant", "lock-text", cmd_tenant_lock_text, "--tenant T",
+     "show the text to type back to lock the tenant (tenant-admin)"},
+    {"tenant", "lock", cmd_tenant_lock,
+     "--tenant T --pfx ACTIVE-KEY.pfx [--confirm TEXT] [--password-file F | --password-stdin]",
+     "lock every customer-managed environment; the active key leaves the token (tenant-admin)"},
+    {"key", "unlock", cmd_key_unlock,
+     "--tenant T --key K --pfx FILE [--password-file F | --password-stdin]",
+     "after a lock, upload the locked key again to make it active (tenant-admin)"},
+    {"env", "unlock", cmd_env_unlock, "--env E",
+     "unlock a locked environment once its key is unlocked (environment-admin)"},
     {"key", "roll-back", cmd_key_rollback, "--tenant T",
      "within 72 h of an activation, make the previous key active again (another tenant-admin)"},
     {"key", "activate", cmd_key_activate, "--tenant T --key K",

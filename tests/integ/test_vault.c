@@ -998,6 +998,246 @@ static void test_rollback(void)
     CHECK(vaultd_proc_stop(&vd) == 0);
 }
 
+static kv_result lock_tenant(vc *c, const char *t, const char *pfx_file, const char *confirmation,
+                             size_t *n_locked)
+{
+    char path[512];
+    uint8_t *pfx = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof(path), "%s/%s", tmp, pfx_file);
+    KV_GUARD(kv_file_read(path, 1u << 20, &pfx, &len));
+    Hsmvault__V1__KeyMaterial m;
+    hsmvault__v1__key_material__init(&m);
+    m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
+    m.pfx.data = pfx;
+    m.pfx.len = len;
+    m.password.data = (uint8_t *)PASSWORD;
+    m.password.len = strlen(PASSWORD);
+    Hsmvault__V1__LockTenantRequest req = HSMVAULT__V1__LOCK_TENANT_REQUEST__INIT;
+    req.tenant_id = (char *)t;
+    req.active_key = &m;
+    req.confirmation = (char *)confirmation;
+    Hsmvault__V1__LockTenantResponse *resp = NULL;
+    kv_result r = CALL(c, M("TenantKeys", "LockTenant"), req, lock_tenant_response, &resp);
+    if (kv_ok(r) && n_locked != NULL) *n_locked = resp->n_locked_environment_ids;
+    kv_pb_free(resp ? &resp->base : NULL);
+    free(pfx);
+    return r;
+}
+
+static kv_result unlock_key(vc *c, const char *t, const char *key_id, const char *pfx_file)
+{
+    char path[512];
+    uint8_t *pfx = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof(path), "%s/%s", tmp, pfx_file);
+    KV_GUARD(kv_file_read(path, 1u << 20, &pfx, &len));
+    Hsmvault__V1__KeyMaterial m;
+    hsmvault__v1__key_material__init(&m);
+    m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
+    m.pfx.data = pfx;
+    m.pfx.len = len;
+    m.password.data = (uint8_t *)PASSWORD;
+    m.password.len = strlen(PASSWORD);
+    Hsmvault__V1__UnlockKeyRequest req = HSMVAULT__V1__UNLOCK_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)t;
+    req.key_id = (char *)key_id;
+    req.key = &m;
+    Hsmvault__V1__TenantKey *k = NULL;
+    kv_result r = CALL(c, M("TenantKeys", "UnlockKey"), req, tenant_key, &k);
+    if (kv_ok(r)) CHECK(k->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    kv_pb_free(k ? &k->base : NULL);
+    free(pfx);
+    return r;
+}
+
+static kv_result unlock_env(vc *c, const char *env)
+{
+    Hsmvault__V1__UnlockEnvironmentRequest req = HSMVAULT__V1__UNLOCK_ENVIRONMENT_REQUEST__INIT;
+    req.environment_id = (char *)env;
+    Hsmvault__V1__Environment *e = NULL;
+    kv_result r = CALL(c, M("Environments", "UnlockEnvironment"), req, environment, &e);
+    if (kv_ok(r)) CHECK(e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ACTIVE);
+    kv_pb_free(e ? &e->base : NULL);
+    return r;
+}
+
+static bool token_has_key(const char *key_id)
+{
+    Hsmvault__V1__ListTokenObjectsRequest req = HSMVAULT__V1__LIST_TOKEN_OBJECTS_REQUEST__INIT;
+    Hsmvault__V1__ListTokenObjectsResponse *l = NULL;
+    bool found = false;
+    CHECK_OK(CALL(au, M("Audit", "ListTokenObjects"), req, list_token_objects_response, &l));
+    for (size_t i = 0; l && i < l->n_objects; i++)
+        if (strstr(l->objects[i]->label, key_id) != NULL) found = true;
+    kv_pb_free(l ? &l->base : NULL);
+    return found;
+}
+
+/* Seed 001 step by step: lock refused within 72 h of a key change; lock
+ * (active key presented again, confirmation typed back); nothing unwraps;
+ * no key changes while locked; unlock refused for 1 h; unlock the key with
+ * the same PFX; environments stay locked until unlocked one by one; the same
+ * DEK bytes again; a locked environment left for 28 days is deleted. */
+static void test_lock_unlock(void)
+{
+    CHECK(vaultd_proc_start(&vd, state));
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    ea = vaultd_proc_client(&vd, "environment-admin");
+    sn = vaultd_proc_client(&vd, "storage-node");
+    au = vaultd_proc_client(&vd, "auditor");
+
+    /* A key change now (a newly generated key) blocks the lock for 72 h. */
+    Hsmvault__V1__GenerateKeyRequest g = HSMVAULT__V1__GENERATE_KEY_REQUEST__INIT;
+    g.tenant_id = tenant;
+    g.name = "spare";
+    g.password.data = (uint8_t *)PASSWORD;
+    g.password.len = strlen(PASSWORD);
+    Hsmvault__V1__GenerateKeyResponse *gr = NULL;
+    CHECK_OK(CALL(ta, M("TenantKeys", "GenerateKey"), g, generate_key_response, &gr));
+    char spare[64] = "";
+    if (gr != NULL && gr->key != NULL) snprintf(spare, sizeof(spare), "%s", gr->key->id);
+    kv_pb_free(gr ? &gr->base : NULL);
+
+    Hsmvault__V1__GetLockConfirmationRequest q = HSMVAULT__V1__GET_LOCK_CONFIRMATION_REQUEST__INIT;
+    q.tenant_id = tenant;
+    Hsmvault__V1__LockConfirmation *lc = NULL;
+    CHECK_OK(CALL(ta, M("TenantKeys", "GetLockConfirmation"), q, lock_confirmation, &lc));
+    char text[256] = "";
+    if (lc != NULL) snprintf(text, sizeof(text), "%s", lc->text);
+    kv_pb_free(lc ? &lc->base : NULL);
+    CHECK(strcmp(text, "lock 2 environments of contoso") == 0);
+
+    CHECK_ERR(lock_tenant(ta, tenant, "generated.pfx", text, NULL), KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "lock is blocked until") != NULL &&
+          strstr(kv_error_msg(), "72 h") != NULL);
+    CHECK_OK(advance_clock(op, 72 * 3600));
+    /* Wrong key, wrong text, wrong role: refused, nothing changes. */
+    CHECK_ERR(lock_tenant(ta, tenant, "k2048.pfx", text, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "not the tenant's active key") != NULL);
+    CHECK_ERR(lock_tenant(ta, tenant, "generated.pfx", "lock everything", NULL),
+              KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), text) != NULL);
+    CHECK_ERR(lock_tenant(op, tenant, "generated.pfx", text, NULL), KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(lock_tenant(ea, tenant, "generated.pfx", text, NULL), KV_ERR_PERMISSION_DENIED);
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+
+    size_t n_locked = 0;
+    CHECK_OK(lock_tenant(ta, tenant, "generated.pfx", text, &n_locked));
+    CHECK(n_locked == 2);
+    /* Nothing unwraps in the locked environments, for anyone. */
+    CHECK_ERR(unwrap_same(sn, env_prod, db_prod, dek_prod), KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "locked") != NULL);
+    CHECK_ERR(unwrap_same(sn, env_sbx, db_sbx, dek_sbx), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(unwrap_same(op, env_prod, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
+    char id[64];
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease;
+    CHECK_ERR(vc_database_key_create(sn, env_prod, "during-lock", id, sizeof(id), &dek, &lease),
+              KV_ERR_FAILED_PRECONDITION);
+    /* The active key is locked, the available ones deleted: none in the token. */
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_LOCKED);
+    CHECK(key_state(tenant, key_up) == HSMVAULT__V1__KEY_STATE__KEY_STATE_DELETED);
+    CHECK(key_state(tenant, spare) == HSMVAULT__V1__KEY_STATE__KEY_STATE_DELETED);
+    CHECK(!token_has_key(key_gen) && !token_has_key(key_up) && !token_has_key(spare));
+    /* No key changes while environments are locked. */
+    g.name = "during-lock";
+    gr = NULL;
+    CHECK_ERR(CALL(ta, M("TenantKeys", "GenerateKey"), g, generate_key_response, &gr),
+              KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "locked environment") != NULL);
+    CHECK_ERR(upload_file(tenant, "during-lock", "nocert.pfx", PASSWORD, NULL),
+              KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(activate(ta, tenant, key_up), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(lock_tenant(ta, tenant, "generated.pfx", text, NULL), KV_ERR_FAILED_PRECONDITION);
+
+    /* Unlock: refused for 1 h, then only with the same key; environments
+     * stay locked until each is unlocked. */
+    CHECK_ERR(unlock_key(ta, tenant, key_gen, "generated.pfx"), KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "unlock is blocked until") != NULL);
+    CHECK_ERR(unlock_env(ea, env_prod), KV_ERR_FAILED_PRECONDITION);
+    CHECK_OK(advance_clock(op, 3600));
+    CHECK_ERR(unlock_key(ta, tenant, key_gen, "k2048.pfx"), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(unlock_key(ta, tenant, key_up, "k2048.pfx"), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(unlock_env(ea, env_prod), KV_ERR_FAILED_PRECONDITION);
+    CHECK(strstr(kv_error_msg(), "unlock it first") != NULL);
+    CHECK_OK(unlock_key(ta, tenant, key_gen, "generated.pfx"));
+    CHECK(token_has_key(key_gen));
+    CHECK_ERR(unwrap_same(sn, env_prod, db_prod, dek_prod), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(unlock_env(ta, env_prod), KV_ERR_PERMISSION_DENIED);
+    CHECK_OK(unlock_env(ea, env_prod));
+    CHECK_ERR(unlock_env(ea, env_prod), KV_ERR_FAILED_PRECONDITION); /* not locked any more */
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    CHECK_ERR(unwrap_same(sn, env_sbx, db_sbx, dek_sbx), KV_ERR_FAILED_PRECONDITION);
+
+    /* The sandbox stays locked; 28 days later it is deleted with its DEKs. */
+    CHECK_OK(advance_clock(op, 27 * 86400));
+    Hsmvault__V1__Environment *e = get_env(env_sbx);
+    if (e) CHECK(e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED);
+    kv_pb_free(e ? &e->base : NULL);
+    CHECK_OK(advance_clock(op, 86400));
+    e = get_env(env_sbx);
+    if (e) CHECK(e->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED);
+    kv_pb_free(e ? &e->base : NULL);
+    CHECK_ERR(unlock_env(ea, env_sbx), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(unwrap_same(sn, env_sbx, db_sbx, dek_sbx), KV_ERR_FAILED_PRECONDITION);
+    /* With no locked environment left, key changes are possible again. */
+    g.name = "after-unlock";
+    gr = NULL;
+    CHECK_OK(CALL(ta, M("TenantKeys", "GenerateKey"), g, generate_key_response, &gr));
+    kv_pb_free(gr ? &gr->base : NULL);
+
+    /* And all of it survives a restart. */
+    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
+    op = ta = ea = sn = au = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+    CHECK(vaultd_proc_start(&vd, state));
+    sn = vaultd_proc_client(&vd, "storage-node");
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    vc_close(sn);
+    sn = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+}
+
+/* kill -9 between the lock's commit and the token deletions: start-up
+ * reconciliation destroys the locked key's objects; the lock holds; unlock
+ * brings the same DEK back. */
+static void test_lock_crash(void)
+{
+    setenv("HSMVAULT_TEST_CRASH_AT", "lock-destroy", 1);
+    CHECK(vaultd_proc_start(&vd, state));
+    unsetenv("HSMVAULT_TEST_CRASH_AT");
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    CHECK_OK(advance_clock(op, 72 * 3600));
+    CHECK_ERR(lock_tenant(ta, tenant, "generated.pfx", "lock 1 environment of contoso", NULL), KV_ERR_UNAVAILABLE);
+    int status = 0;
+    CHECK(waitpid(vd.pid, &status, 0) == vd.pid && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    vd.pid = 0;
+    vc_close(op), vc_close(ta);
+
+    CHECK(vaultd_proc_start(&vd, state));
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    ea = vaultd_proc_client(&vd, "environment-admin");
+    sn = vaultd_proc_client(&vd, "storage-node");
+    au = vaultd_proc_client(&vd, "auditor");
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_LOCKED);
+    CHECK(!token_has_key(key_gen));
+    CHECK_ERR(unwrap_same(sn, env_prod, db_prod, dek_prod), KV_ERR_FAILED_PRECONDITION);
+    CHECK_OK(advance_clock(op, 3600));
+    CHECK_OK(unlock_key(ta, tenant, key_gen, "generated.pfx"));
+    CHECK_OK(unlock_env(ea, env_prod));
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
+    op = ta = ea = sn = au = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+    char log[512];
+    snprintf(log, sizeof(log), "%s.log", state);
+    CHECK(kv_test_sh("grep -q 'its key is locked or deleted' %s", log) == 0);
+}
+
 int main(void)
 {
     rpc_client_global_init();
@@ -1017,6 +1257,8 @@ int main(void)
         RUN(test_second_instance_refused);
         RUN(test_activation_crash);
         RUN(test_rollback);
+        RUN(test_lock_unlock);
+        RUN(test_lock_crash);
     }
     if (vd.pid > 0) vaultd_proc_kill(&vd);
     int rc = kv_test_finish();

@@ -24,6 +24,10 @@ H(vault_rpc_upload_key);
 H(vault_rpc_list_keys);
 H(vault_rpc_activate_key);
 H(vault_rpc_roll_back);
+H(vault_rpc_get_lock_confirmation);
+H(vault_rpc_lock_tenant);
+H(vault_rpc_unlock_key);
+H(vault_rpc_unlock_environment);
 H(vault_rpc_create_environment);
 H(vault_rpc_list_environments);
 H(vault_rpc_get_environment);
@@ -62,6 +66,8 @@ static kv_result vault_rpc_advance_clock_impl(vault *v, const rpc_ctx *ctx,
         KV_GUARD(kv_file_write_atomic(v->clock_file, text, (size_t)n, 0600));
     }
     Hsmvault__V1__AdvanceClockResponse resp = HSMVAULT__V1__ADVANCE_CLOCK_RESPONSE__INIT;
+    /* Timers that expired under the moved clock act now, not a minute later. */
+    KV_GUARD(vault_sweep(v));
     resp.now = kv_clock_now();
     resp.offset = kv_clock_offset();
     return vault_reply(reply, &resp.base, false);
@@ -82,6 +88,10 @@ static const rpc_method vault_method_table[] = {
     {"/hsmvault.v1.TenantKeys/ListKeys", vault_rpc_list_keys},
     {"/hsmvault.v1.TenantKeys/ActivateKey", vault_rpc_activate_key},
     {"/hsmvault.v1.TenantKeys/RollBack", vault_rpc_roll_back},
+    {"/hsmvault.v1.TenantKeys/GetLockConfirmation", vault_rpc_get_lock_confirmation},
+    {"/hsmvault.v1.TenantKeys/LockTenant", vault_rpc_lock_tenant},
+    {"/hsmvault.v1.TenantKeys/UnlockKey", vault_rpc_unlock_key},
+    {"/hsmvault.v1.Environments/UnlockEnvironment", vault_rpc_unlock_environment},
     {"/hsmvault.v1.Environments/CreateEnvironment", vault_rpc_create_environment},
     {"/hsmvault.v1.Environments/ListEnvironments", vault_rpc_list_environments},
     {"/hsmvault.v1.Environments/GetEnvironment", vault_rpc_get_environment},

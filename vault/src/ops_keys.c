@@ -46,8 +46,8 @@ static kv_result vault_scan_keys(const char *key, ProtobufCMessage **msg, void *
 
 /* Checks that the caller may manage keys of the tenant and that the tenant
  * has self-managed keys; loads the tenant. */
-static kv_result vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char *tenant_id,
-                                       const char *action, TenantRecord **tenant)
+kv_result vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char *tenant_id,
+                                const char *action, TenantRecord **tenant)
 {
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
@@ -181,6 +181,29 @@ out:
     return r;
 }
 
+kv_result vault_material_open(const Hsmvault__V1__KeyMaterial *m, kv_secret *pkcs8, uint8_t **spki,
+                              size_t *spki_len, uint8_t fingerprint[32])
+{
+    KV_ENSURE(m != NULL && m->material_case != HSMVAULT__V1__KEY_MATERIAL__MATERIAL__NOT_SET,
+              KV_ERR_INVALID_ARGUMENT,
+              "the key is required: a PFX file with its password, or a .byok file");
+    KV_ENSURE(m->material_case != HSMVAULT__V1__KEY_MATERIAL__MATERIAL_BYOK, KV_ERR_UNIMPLEMENTED,
+              "BYOK files are not accepted by this vaultd yet; present a PFX");
+    KV_ENSURE(m->password.len <= VAULT_PASSWORD_MAX, KV_ERR_INVALID_ARGUMENT,
+              "the password is longer than %d bytes", VAULT_PASSWORD_MAX);
+    kv_secret pw = KV_SECRET_INIT;
+    KV_GUARD(kv_secret_from(&pw, m->password.data, m->password.len));
+    kv_result r = pfx_open(m->pfx.data, m->pfx.len, &pw, pkcs8, spki, spki_len);
+    kv_secret_free(&pw);
+    if (kv_ok(r)) r = key_fingerprint(*spki, *spki_len, fingerprint);
+    if (kv_failed(r) && pkcs8->data != NULL) {
+        kv_secret_free(pkcs8);
+        free(*spki);
+        *spki = NULL;
+    }
+    return r;
+}
+
 static kv_result vault_password(const ProtobufCBinaryData *pw, kv_secret *out)
 {
     KV_ENSURE(pw->len >= VAULT_PASSWORD_MIN && pw->len <= VAULT_PASSWORD_MAX,
@@ -201,6 +224,7 @@ static kv_result vault_rpc_generate_key_impl(vault *v, const rpc_ctx *ctx,
     uint8_t *pfx = NULL, *spki = NULL;
     size_t pfx_len = 0, spki_len = 0;
     kv_result r = vault_check_text("name", req->name, 128);
+    if (kv_ok(r)) r = vault_no_locked_environments(v, req->tenant_id, "generate keys");
     if (kv_ok(r)) r = vault_password(&req->password, &pw);
     if (kv_ok(r)) {
         char cn[160];
@@ -230,21 +254,10 @@ static kv_result vault_rpc_upload_key_impl(vault *v, const rpc_ctx *ctx,
     kv_secret pw = KV_SECRET_INIT, pkcs8 = KV_SECRET_INIT;
     uint8_t *spki = NULL;
     size_t spki_len = 0;
+    uint8_t fp[KEY_FINGERPRINT_LEN];
     kv_result r = vault_check_text("name", req->name, 128);
-    const Hsmvault__V1__KeyMaterial *m = req->material;
-    if (kv_ok(r) &&
-        (m == NULL || m->material_case == HSMVAULT__V1__KEY_MATERIAL__MATERIAL__NOT_SET))
-        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
-                         "material is required: a PFX file with its password, or a .byok file");
-    if (kv_ok(r) && m->material_case == HSMVAULT__V1__KEY_MATERIAL__MATERIAL_BYOK)
-        r = kv_error_set(KV_ERR_UNIMPLEMENTED, __FILE__, __LINE__,
-                         "BYOK upload is not available in this vaultd yet; upload a PFX");
-    if (kv_ok(r)) {
-        KV_ENSURE(m->password.len <= VAULT_PASSWORD_MAX, KV_ERR_INVALID_ARGUMENT,
-                  "the password is longer than %d bytes", VAULT_PASSWORD_MAX);
-        r = kv_secret_from(&pw, m->password.data, m->password.len);
-    }
-    if (kv_ok(r)) r = pfx_open(m->pfx.data, m->pfx.len, &pw, &pkcs8, &spki, &spki_len);
+    if (kv_ok(r)) r = vault_no_locked_environments(v, req->tenant_id, "upload keys");
+    if (kv_ok(r)) r = vault_material_open(req->material, &pkcs8, &spki, &spki_len, fp);
     if (kv_ok(r))
         r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name,
                                  HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_PFX, &pkcs8, spki, spki_len,
@@ -328,14 +341,14 @@ typedef struct {
     char rollback_key[VAULT_ID_MAX];
 } vault_activate_ctx;
 
-static const char *vault_key_state_name(Hsmvault__V1__KeyState s)
+const char *vault_key_state_name(Hsmvault__V1__KeyState s)
 {
     static const char *const names[] = {"unspecified", "available", "installing",
                                         "active",      "locked",    "deleted"};
     return (unsigned)s < KV_ARRAY_LEN(names) ? names[s] : "unknown";
 }
 
-static kv_result vault_put_key(store_txn *t, const KeyRecord *k)
+kv_result vault_put_key(store_txn *t, const KeyRecord *k)
 {
     char sk[2 * VAULT_ID_MAX];
     vault_key_store_key(k->tenant_id, k->id, sk, sizeof(sk));
@@ -543,6 +556,7 @@ static kv_result vault_rpc_activate_key_impl(vault *v, const rpc_ctx *ctx,
     KeyRecord *done = NULL;
     KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "activate keys", &tr));
     kv_pb_free(&tr->base);
+    KV_GUARD(vault_no_locked_environments(v, req->tenant_id, "activate keys"));
     KV_GUARD(vault_check_id("key_id", req->key_id));
     pthread_mutex_lock(&v->lifecycle);
     vault_activate_ctx c = {.v = v,

@@ -21,6 +21,9 @@ kv_result vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds)
     v->lease_seconds = lease_seconds > 0 ? lease_seconds : 60;
     v->activation_cooldown = 24 * 3600;
     v->rollback_window = 72 * 3600;
+    v->lock_after_key_change = 72 * 3600;
+    v->unlock_after_lock = 3600;
+    v->locked_environment_retention = 28 * 86400;
     /* Prefer the strongest OAEP the token unwraps; record it in every blob. */
     v->wrap_hash = hsm_supports_oaep(h, HSM_OAEP_SHA256) ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1;
     pthread_mutex_init(&v->lifecycle, NULL);
@@ -150,6 +153,8 @@ void vault_tenant_to_api(const TenantRecord *r, Hsmvault__V1__Tenant *out)
     out->created_at = r->created_at;
     out->active_key_id = r->active_key_id;
     out->installing_key_id = r->installing_key_id;
+    out->locked_key_id = r->locked_key_id;
+    out->locked_at = r->locked_at;
 }
 
 void vault_key_to_api(const KeyRecord *r, Hsmvault__V1__TenantKey *out, char fp_hex[65])
@@ -180,6 +185,7 @@ void vault_env_to_api(const EnvironmentRecord *r, Hsmvault__V1__Environment *out
     out->state = r->state;
     out->key_id = r->kek_id;
     out->created_at = r->created_at;
+    out->locked_at = r->locked_at;
 }
 
 void vault_db_to_api(const DatabaseRecord *r, Hsmvault__V1__Database *out)

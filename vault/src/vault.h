@@ -46,6 +46,9 @@ typedef struct {
     unsigned lease_seconds;
     int64_t activation_cooldown; /* seconds; no activation sooner after the last one */
     int64_t rollback_window; /* seconds after an activation during which it can be rolled back */
+    int64_t lock_after_key_change;        /* no lock sooner than this after a key change */
+    int64_t unlock_after_lock;            /* no unlock sooner than this after the lock */
+    int64_t locked_environment_retention; /* a locked environment is deleted after this */
     bool test_hooks;         /* --dev only: Testing/AdvanceClock answers (non-release builds) */
     char clock_file[4096];   /* --dev: where the test clock offset persists across restarts */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
@@ -62,6 +65,22 @@ void vault_fini(vault *v);
  * hsmvault:*, named by no record) are destroyed; keys the store names but the
  * token lacks are logged and counted. */
 KV_RESULT vault_reconcile(vault *v);
+/* Tenant-admin key management: role + scope check, self-managed keys on;
+ * loads the tenant (free with kv_pb_free). */
+KV_RESULT vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char *tenant_id, const char *action,
+                                TenantRecord **tenant);
+/* FAILED_PRECONDITION naming them if the tenant has locked environments. */
+KV_RESULT vault_no_locked_environments(vault *v, const char *tenant_id, const char *action);
+/* Opens a presented key (PFX + password) into PKCS#8 (kv_secret), SPKI and
+ * fingerprint; BYOK answers UNIMPLEMENTED for now. */
+KV_RESULT vault_material_open(const Hsmvault__V1__KeyMaterial *m, kv_secret *pkcs8, uint8_t **spki,
+                              size_t *spki_len, uint8_t fingerprint[32]);
+KV_RESULT vault_put_key(store_txn *t, const KeyRecord *k);
+const char *vault_key_state_name(Hsmvault__V1__KeyState s);
+/* Deletes locked environments past their retention (their DEKs destroyed
+ * for good).  Start-up, a background timer, and after the test clock moves. */
+KV_RESULT vault_sweep(vault *v);
+
 /* Finishes every activation a crash interrupted (tenants with an installing
  * key).  Start-up, after reconcile. */
 KV_RESULT vault_resume_activations(vault *v);

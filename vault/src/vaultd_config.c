@@ -23,6 +23,9 @@ void vaultd_config_defaults(vaultd_config *c)
     c->max_message = 4u << 20;
     c->activation_cooldown = 24 * 3600;
     c->rollback_window = 72 * 3600;
+    c->lock_after_key_change = 72 * 3600;
+    c->unlock_after_lock = 3600;
+    c->locked_environment_retention = 28 * 86400;
 }
 
 static kv_result vaultd_config_set(const char *key, const char *value, void *arg)
@@ -59,6 +62,13 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
         c->lease_seconds = (unsigned)n;
         return KV_SUCCESS;
     }
+    if (strcmp(key, "lock_after_key_change") == 0)
+        return kv_config_duration(key, value, 0, 365LL * 86400, &c->lock_after_key_change);
+    if (strcmp(key, "unlock_after_lock") == 0)
+        return kv_config_duration(key, value, 0, 365LL * 86400, &c->unlock_after_lock);
+    if (strcmp(key, "locked_environment_retention") == 0)
+        return kv_config_duration(key, value, 3600, 10LL * 365 * 86400,
+                                  &c->locked_environment_retention);
     if (strcmp(key, "rollback_window") == 0)
         return kv_config_duration(key, value, 0, 365LL * 86400, &c->rollback_window);
     if (strcmp(key, "activation_cooldown") == 0)

@@ -25,6 +25,9 @@ typedef struct {
     unsigned lease_seconds;
     size_t max_message;
     int64_t activation_cooldown; /* seconds between two activations of a tenant's keys */
+    int64_t lock_after_key_change;
+    int64_t unlock_after_lock;
+    int64_t locked_environment_retention;
     int64_t rollback_window; /* seconds after an activation during which another admin may roll it
                                 back */
 } vaultd_config;

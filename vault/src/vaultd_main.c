@@ -4,6 +4,8 @@
  * results into exit codes; never prints a secret.
  */
 #include <getopt.h>
+#include <pthread.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,33 @@
 #include "store.h"
 #include "vault.h"
 #include "vaultd_config.h"
+
+/* Deletes expired locked environments once a minute (and at shutdown stops). */
+typedef struct {
+    vault *v;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool stop;
+} vaultd_sweeper;
+
+static void *vaultd_sweeper_main(void *arg)
+{
+    vaultd_sweeper *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 60;
+        pthread_cond_timedwait(&s->cv, &s->mu, &until);
+        if (s->stop) break;
+        pthread_mutex_unlock(&s->mu);
+        if (kv_failed(vault_sweep(s->v)))
+            kv_log_error_record(KV_LOG_ERROR, "sweeping locked environments");
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
 
 static void usage(FILE *f)
 {
@@ -34,7 +63,8 @@ static void usage(FILE *f)
         "  --config FILE      production: module, token_label, pin_file, listen, tls_ca,\n"
         "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
         "                     sessions, lease_seconds, max_message, activation_cooldown,\n"
-            "                     rollback_window\n"
+        "                     rollback_window, lock_after_key_change, unlock_after_lock,\n"
+        "                     locked_environment_retention\n"
         "                     (see docs/operations.md)\n"
         "  --workers N        worker threads (default 4)\n"
         "  --sessions N       token sessions in the pool (default: one per worker)\n"
@@ -133,6 +163,9 @@ int main(int argc, char **argv)
     v.test_hooks = dev;
     v.activation_cooldown = cfg.activation_cooldown;
     v.rollback_window = cfg.rollback_window;
+    v.lock_after_key_change = cfg.lock_after_key_change;
+    v.unlock_after_lock = cfg.unlock_after_lock;
+    v.locked_environment_retention = cfg.locked_environment_retention;
 #ifdef KV_TEST_HOOKS
     if (dev && kv_failed(vaultd_dev_clock(&cfg, v.clock_file, sizeof(v.clock_file)))) goto fail;
 #endif
@@ -142,6 +175,8 @@ int main(int argc, char **argv)
         kv_log_error_record(KV_LOG_ERROR,
                             "an interrupted activation could not be finished; it is retried by "
                             "activating the same key again");
+    if (kv_failed(vault_sweep(&v)))
+        kv_log_error_record(KV_LOG_ERROR, "deleting expired locked environments");
     if (cfg.bootstrap_operator[0] != '\0' &&
         kv_failed(vault_bind_role(&v, cfg.bootstrap_operator, HSMVAULT__V1__ROLE__ROLE_OPERATOR,
                                   NULL, NULL)))
@@ -174,7 +209,18 @@ int main(int argc, char **argv)
                cfg.state_dir, port, cfg.state_dir);
         fflush(stdout);
     }
+    vaultd_sweeper sweeper = {
+        .v = &v, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    pthread_t sweeper_thread;
+    bool sweeping = pthread_create(&sweeper_thread, NULL, vaultd_sweeper_main, &sweeper) == 0;
     int sig = rpc_wait_signal();
+    if (sweeping) {
+        pthread_mutex_lock(&sweeper.mu);
+        sweeper.stop = true;
+        pthread_cond_signal(&sweeper.cv);
+        pthread_mutex_unlock(&sweeper.mu);
+        pthread_join(sweeper_thread, NULL);
+    }
     KV_LOG_INFO("signal %d: shutting down", sig);
     rpc_server_stop(server);
     server = NULL;
