@@ -447,13 +447,18 @@ static int cmd_tenant_lock_text(vc *c, const cli *a)
                       &hsmvault__v1__lock_confirmation__descriptor);
 }
 
-/* Reads one line typed on the terminal (echoed: it is not a secret). */
-static kv_result prompt_line(const char *prompt, char *out, size_t cap)
+/* Shows the vault's confirmation text on the terminal and reads it typed
+ * back (echoed: it is not a secret). */
+static kv_result confirm_on_tty(const char *text, char *out, size_t cap)
 {
     FILE *tty = fopen("/dev/tty", "r+");
     KV_ENSURE(tty != NULL, KV_ERR_INVALID_ARGUMENT,
               "no terminal to type the confirmation on: give --confirm TEXT");
-    fputs(prompt, tty);
+    fprintf(
+        tty,
+        "Locking makes every customer-managed environment of the tenant unreadable, for everyone,\n"
+        "until the same key is uploaded again.  To confirm, type: %s\n> ",
+        text);
     fflush(tty);
     bool ok = fgets(out, (int)cap, tty) != NULL;
     fclose(tty);
@@ -469,7 +474,7 @@ static int cmd_tenant_lock(vc *c, const cli *a)
     char typed[256];
     const char *confirmation = a->confirm;
     if (confirmation == NULL) {
-        /* Show the vault's text and have it typed back. */
+        /* Show the vault's text and have it typed back on the terminal. */
         Hsmvault__V1__GetLockConfirmationRequest q =
             HSMVAULT__V1__GET_LOCK_CONFIRMATION_REQUEST__INIT;
         q.tenant_id = (char *)(uintptr_t)a->tenant;
@@ -478,13 +483,9 @@ static int cmd_tenant_lock(vc *c, const cli *a)
                               &hsmvault__v1__lock_confirmation__descriptor,
                               (ProtobufCMessage **)&lc)))
             return fail();
-        fprintf(stderr,
-                "Locking makes every customer-managed environment of the tenant unreadable, for "
-                "everyone,\n"
-                "until the same key is uploaded again.  To confirm, type: %s\n",
-                lc->text);
+        kv_result r = confirm_on_tty(lc->text, typed, sizeof(typed));
         kv_pb_free(&lc->base);
-        if (kv_failed(prompt_line("> ", typed, sizeof(typed)))) return fail();
+        if (kv_failed(r)) return fail();
         confirmation = typed;
     }
     material m;

@@ -129,6 +129,25 @@ expect 6 "nothing left to roll back" -- as tenant-admin-2 key roll-back --tenant
 expect 0 "unwrap" -- as storage-node --json db unwrap --env "$ENV" --db "$DB"
 grep -q "$CHK" "$TMP/out" && ok || bad "check value changed: $(cat "$TMP/out")"
 grep -q '"dek"' "$TMP/out" && bad "--json printed the key" || ok
+
+# Lock and unlock with the CLI (the active key is k1 again after the roll-back).
+expect 0 "lock text" -- as tenant-admin tenant lock-text --tenant "$TENANT"
+TEXT=$(sed -n 's/^text: //p' "$TMP/out")
+[ "$TEXT" = "lock 1 environment of contoso" ] && ok || bad "lock text: $TEXT"
+expect 6 "lock within 72 h" -- as tenant-admin tenant lock --tenant "$TENANT" --pfx "$TMP/k1.pfx" --password-file "$TMP/pw" --confirm "$TEXT"
+expect 0 "advance 72 h" -- as operator clock advance --seconds 259200
+expect 3 "lock with another key" -- as tenant-admin tenant lock --tenant "$TENANT" --pfx "$TMP/own.pfx" --password-file "$TMP/pw" --confirm "$TEXT"
+expect 3 "lock without a terminal or --confirm" -- sh -c "'$VAULTCTL' --config '$STATE/clients/tenant-admin.conf' tenant lock --tenant $TENANT --pfx '$TMP/k1.pfx' --password-file '$TMP/pw' </dev/null"
+expect 0 "lock" -- as tenant-admin tenant lock --tenant "$TENANT" --pfx "$TMP/k1.pfx" --password-file "$TMP/pw" --confirm "$TEXT"
+grep -q "$ENV" "$TMP/out" && ok || bad "lock output: $(cat "$TMP/out")"
+expect 6 "unwrap while locked" -- as storage-node db unwrap --env "$ENV" --db "$DB"
+expect 6 "unlock within 1 h" -- as tenant-admin key unlock --tenant "$TENANT" --key "$KEY1" --pfx "$TMP/k1.pfx" --password-file "$TMP/pw"
+expect 0 "advance 1 h" -- as operator clock advance --seconds 3600
+expect 0 "unlock key" -- as tenant-admin key unlock --tenant "$TENANT" --key "$KEY1" --pfx "$TMP/k1.pfx" --password-file "$TMP/pw"
+expect 6 "unwrap before the environment is unlocked" -- as storage-node db unwrap --env "$ENV" --db "$DB"
+expect 0 "unlock environment" -- as environment-admin env unlock --env "$ENV"
+expect 0 "unwrap after unlock" -- as storage-node db unwrap --env "$ENV" --db "$DB"
+grep -q "$CHK" "$TMP/out" && ok || bad "check value changed after unlock: $(cat "$TMP/out")"
 expect 6 "return without confirmation" -- as environment-admin env return-key --env "$ENV"
 expect 0 "return" -- as environment-admin env return-key --env "$ENV" --confirm prod
 expect 0 "unwrap after return" -- as storage-node db unwrap --env "$ENV" --db "$DB"
