@@ -998,21 +998,28 @@ static void test_rollback(void)
     CHECK(vaultd_proc_stop(&vd) == 0);
 }
 
+/* A PFX fixture (password PASSWORD) as key material; *buf is freed by the caller. */
+static kv_result pfx_material(const char *pfx_file, Hsmvault__V1__KeyMaterial *m, uint8_t **buf)
+{
+    char path[512];
+    size_t len = 0;
+    snprintf(path, sizeof(path), "%s/%s", tmp, pfx_file);
+    KV_GUARD(kv_file_read(path, 1u << 20, buf, &len));
+    hsmvault__v1__key_material__init(m);
+    m->material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
+    m->pfx.data = *buf;
+    m->pfx.len = len;
+    m->password.data = (uint8_t *)PASSWORD;
+    m->password.len = strlen(PASSWORD);
+    return KV_SUCCESS;
+}
+
 static kv_result lock_tenant(vc *c, const char *t, const char *pfx_file, const char *confirmation,
                              size_t *n_locked)
 {
-    char path[512];
-    uint8_t *pfx = NULL;
-    size_t len = 0;
-    snprintf(path, sizeof(path), "%s/%s", tmp, pfx_file);
-    KV_GUARD(kv_file_read(path, 1u << 20, &pfx, &len));
     Hsmvault__V1__KeyMaterial m;
-    hsmvault__v1__key_material__init(&m);
-    m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
-    m.pfx.data = pfx;
-    m.pfx.len = len;
-    m.password.data = (uint8_t *)PASSWORD;
-    m.password.len = strlen(PASSWORD);
+    uint8_t *pfx = NULL;
+    KV_GUARD(pfx_material(pfx_file, &m, &pfx));
     Hsmvault__V1__LockTenantRequest req = HSMVAULT__V1__LOCK_TENANT_REQUEST__INIT;
     req.tenant_id = (char *)t;
     req.active_key = &m;
@@ -1027,18 +1034,9 @@ static kv_result lock_tenant(vc *c, const char *t, const char *pfx_file, const c
 
 static kv_result unlock_key(vc *c, const char *t, const char *key_id, const char *pfx_file)
 {
-    char path[512];
-    uint8_t *pfx = NULL;
-    size_t len = 0;
-    snprintf(path, sizeof(path), "%s/%s", tmp, pfx_file);
-    KV_GUARD(kv_file_read(path, 1u << 20, &pfx, &len));
     Hsmvault__V1__KeyMaterial m;
-    hsmvault__v1__key_material__init(&m);
-    m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_PFX;
-    m.pfx.data = pfx;
-    m.pfx.len = len;
-    m.password.data = (uint8_t *)PASSWORD;
-    m.password.len = strlen(PASSWORD);
+    uint8_t *pfx = NULL;
+    KV_GUARD(pfx_material(pfx_file, &m, &pfx));
     Hsmvault__V1__UnlockKeyRequest req = HSMVAULT__V1__UNLOCK_KEY_REQUEST__INIT;
     req.tenant_id = (char *)t;
     req.key_id = (char *)key_id;
@@ -1211,9 +1209,11 @@ static void test_lock_crash(void)
     op = vaultd_proc_client(&vd, "operator");
     ta = vaultd_proc_client(&vd, "tenant-admin");
     CHECK_OK(advance_clock(op, 72 * 3600));
-    CHECK_ERR(lock_tenant(ta, tenant, "generated.pfx", "lock 1 environment of contoso", NULL), KV_ERR_UNAVAILABLE);
+    CHECK_ERR(lock_tenant(ta, tenant, "generated.pfx", "lock 1 environment of contoso", NULL),
+              KV_ERR_UNAVAILABLE);
     int status = 0;
-    CHECK(waitpid(vd.pid, &status, 0) == vd.pid && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    CHECK(waitpid(vd.pid, &status, 0) == vd.pid && WIFSIGNALED(status) &&
+          WTERMSIG(status) == SIGKILL);
     vd.pid = 0;
     vc_close(op), vc_close(ta);
 

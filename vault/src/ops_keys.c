@@ -465,21 +465,6 @@ static bool vault_is_cm_env_of(const ProtobufCMessage *msg, const void *tenant_i
            e->state != HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED;
 }
 
-/* Test hook: dies like kill -9 at a named point (vaultd --dev, test builds). */
-static void vault_test_crash_point(const vault *v, const char *point)
-{
-#ifdef KV_TEST_HOOKS
-    const char *want = getenv("HSMVAULT_TEST_CRASH_AT");
-    if (v->test_hooks && want != NULL && strcmp(want, point) == 0) {
-        KV_LOG_WARN("test hook: dying at %s", point);
-        raise(SIGKILL);
-    }
-#else
-    (void)v;
-    (void)point;
-#endif
-}
-
 /* The rewrap and finish steps for an installing key; *out gets the key as
  * committed.  Idempotent: DEKs already under the key are left as they are. */
 static kv_result vault_activate_finish(vault *v, const char *tenant_id, const char *key_id,
@@ -571,13 +556,9 @@ static kv_result vault_rpc_activate_key_impl(vault *v, const rpc_ctx *ctx,
         r = vault_activate_finish(v, req->tenant_id, req->key_id, &done);
     }
     pthread_mutex_unlock(&v->lifecycle);
-    if (kv_ok(r)) {
-        char fp_hex[65];
-        Hsmvault__V1__TenantKey api;
-        vault_key_to_api(done, &api, fp_hex);
-        r = vault_reply(reply, &api.base, false);
-    }
     if (done != NULL) kv_pb_free(&done->base);
+    if (kv_ok(r))
+        r = vault_reply_key(v, req->tenant_id, c.key_id != NULL ? c.key_id : c.rollback_key, reply);
     return r;
 }
 
@@ -643,12 +624,8 @@ static kv_result vault_rpc_roll_back_impl(vault *v, const rpc_ctx *ctx,
         r = vault_activate_finish(v, req->tenant_id, c.rollback_key, &done);
     }
     pthread_mutex_unlock(&v->lifecycle);
-    if (kv_ok(r)) {
-        char fp_hex[65];
-        Hsmvault__V1__TenantKey api;
-        vault_key_to_api(done, &api, fp_hex);
-        r = vault_reply(reply, &api.base, false);
-    }
     if (done != NULL) kv_pb_free(&done->base);
+    if (kv_ok(r))
+        r = vault_reply_key(v, req->tenant_id, c.key_id != NULL ? c.key_id : c.rollback_key, reply);
     return r;
 }

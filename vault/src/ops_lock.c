@@ -75,20 +75,6 @@ static void vault_fingerprint_hex(const uint8_t *fp, size_t n, char *out)
         snprintf(out + 2 * i, 3, "%02x", fp[i]);
 }
 
-static void vault_test_crash_at(const vault *v, const char *point)
-{
-#ifdef KV_TEST_HOOKS
-    const char *want = getenv("HSMVAULT_TEST_CRASH_AT");
-    if (v->test_hooks && want != NULL && strcmp(want, point) == 0) {
-        KV_LOG_WARN("test hook: dying at %s", point);
-        raise(SIGKILL);
-    }
-#else
-    (void)v;
-    (void)point;
-#endif
-}
-
 VAULT_HANDLER(vault_rpc_get_lock_confirmation, Hsmvault__V1__GetLockConfirmationRequest,
               hsmvault__v1__get_lock_confirmation_request__descriptor)
 static kv_result
@@ -249,7 +235,7 @@ static kv_result vault_rpc_lock_tenant_impl(vault *v, const rpc_ctx *ctx,
     if (kv_ok(r)) {
         KV_LOG_WARN("tenant %s LOCKED by %s with key %s: %zu environments locked", req->tenant_id,
                     ctx->principal, c.locked_key_id, c.locked_envs.n);
-        vault_test_crash_at(v, "lock-destroy");
+        vault_test_crash_point(v, "lock-destroy");
         for (size_t i = 0; i < c.n_destroy; i++)
             if (kv_failed(hsm_key_destroy(v->hsm, &c.destroy[i])))
                 kv_log_error_record(KV_LOG_ERROR,
@@ -387,18 +373,7 @@ static kv_result vault_rpc_unlock_key_impl(vault *v, const rpc_ctx *ctx,
         KV_LOG_WARN(
             "tenant %s: key %s unlocked by %s; its environments stay locked until each is unlocked",
             req->tenant_id, req->key_id, ctx->principal);
-        store_txn *t;
-        KeyRecord *k = NULL;
-        KV_GUARD(store_read_begin(v->store, &t));
-        r = vault_get_key(t, req->tenant_id, req->key_id, &k);
-        store_read_end(t);
-        if (kv_ok(r)) {
-            char fp_hex[65];
-            Hsmvault__V1__TenantKey api;
-            vault_key_to_api(k, &api, fp_hex);
-            r = vault_reply(reply, &api.base, false);
-            kv_pb_free(&k->base);
-        }
+        r = vault_reply_key(v, req->tenant_id, req->key_id, reply);
     }
     return r;
 }

@@ -5,7 +5,9 @@
  */
 #include "vault.h"
 
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -196,4 +198,34 @@ void vault_db_to_api(const DatabaseRecord *r, Hsmvault__V1__Database *out)
     out->name = r->name;
     out->dek_version = r->dek_version;
     out->created_at = r->created_at;
+}
+
+void vault_test_crash_point(const vault *v, const char *point)
+{
+#ifdef KV_TEST_HOOKS
+    const char *want = getenv("HSMVAULT_TEST_CRASH_AT");
+    if (v->test_hooks && want != NULL && strcmp(want, point) == 0) {
+        KV_LOG_WARN("test hook: dying at %s", point);
+        raise(SIGKILL);
+    }
+#else
+    (void)v;
+    (void)point;
+#endif
+}
+
+kv_result vault_reply_key(vault *v, const char *tenant_id, const char *key_id, rpc_reply *reply)
+{
+    store_txn *t;
+    KeyRecord *k = NULL;
+    KV_GUARD(store_read_begin(v->store, &t));
+    kv_result r = vault_get_key(t, tenant_id, key_id, &k);
+    store_read_end(t);
+    KV_GUARD(r);
+    char fp_hex[65];
+    Hsmvault__V1__TenantKey api;
+    vault_key_to_api(k, &api, fp_hex);
+    r = vault_reply(reply, &api.base, false);
+    kv_pb_free(&k->base);
+    return r;
 }

@@ -67,8 +67,8 @@ void vault_fini(vault *v);
 KV_RESULT vault_reconcile(vault *v);
 /* Tenant-admin key management: role + scope check, self-managed keys on;
  * loads the tenant (free with kv_pb_free). */
-KV_RESULT vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char *tenant_id, const char *action,
-                                TenantRecord **tenant);
+KV_RESULT vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char *tenant_id,
+                                const char *action, TenantRecord **tenant);
 /* FAILED_PRECONDITION naming them if the tenant has locked environments. */
 KV_RESULT vault_no_locked_environments(vault *v, const char *tenant_id, const char *action);
 /* Opens a presented key (PFX + password) into PKCS#8 (kv_secret), SPKI and
@@ -80,6 +80,10 @@ const char *vault_key_state_name(Hsmvault__V1__KeyState s);
 /* Deletes locked environments past their retention (their DEKs destroyed
  * for good).  Start-up, a background timer, and after the test clock moves. */
 KV_RESULT vault_sweep(vault *v);
+
+/* Test hook (vaultd --dev in non-release builds): dies like kill -9 when
+ * $HSMVAULT_TEST_CRASH_AT names this point. */
+void vault_test_crash_point(const vault *v, const char *point);
 
 /* Finishes every activation a crash interrupted (tenants with an installing
  * key).  Start-up, after reconcile. */
@@ -127,6 +131,8 @@ KV_RESULT vault_unwrap_dek(vault *v, const KeyRecord *kek, const DatabaseRecord 
 KV_RESULT vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord *new_kek,
                                    Hsmvault__V1__Encryption encryption);
 
+/* Replies with a tenant key as stored now. */
+KV_RESULT vault_reply_key(vault *v, const char *tenant_id, const char *key_id, rpc_reply *reply);
 /* Packs msg into the reply. */
 KV_RESULT vault_reply(rpc_reply *reply, const ProtobufCMessage *msg, bool sensitive);
 
