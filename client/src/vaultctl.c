@@ -48,7 +48,7 @@ enum {
 
 typedef struct {
     const char *name, *tenant, *env, *key, *db, *principal, *role, *type, *subscription, *out, *pfx;
-    const char *password_file, *confirm;
+    const char *password_file, *confirm, *from;
     const char *contacts[MAX_CONTACTS];
     size_t n_contacts;
     long long seconds;
@@ -517,6 +517,46 @@ static int cmd_key_unlock(vc *c, const cli *a)
     return rc;
 }
 
+static int env_transfer(vc *c, const cli *a, const char *method)
+{
+    NEED(from, "from");
+    NEED(env, "env");
+    Hsmvault__V1__AuthorizeTransferRequest req = HSMVAULT__V1__AUTHORIZE_TRANSFER_REQUEST__INIT;
+    req.source_environment_id = (char *)(uintptr_t)a->from;
+    req.target_environment_id = (char *)(uintptr_t)a->env;
+    Hsmvault__V1__AuthorizeTransferResponse *resp = NULL;
+    if (kv_failed(vc_call(c, method, &req.base,
+                          &hsmvault__v1__authorize_transfer_response__descriptor,
+                          (ProtobufCMessage **)&resp)))
+        return fail();
+    print_message(stdout, &resp->base, a->json);
+    if (!resp->allowed) fprintf(stderr, "vaultctl: refused: %s\n", resp->reason);
+    int rc = resp->allowed ? EXIT_OK : EXIT_PRECONDITION;
+    kv_pb_free(&resp->base);
+    return rc;
+}
+
+static int cmd_env_restore(vc *c, const cli *a)
+{
+    return env_transfer(c, a, "/hsmvault.v1.Environments/AuthorizeRestore");
+}
+
+static int cmd_env_copy(vc *c, const cli *a)
+{
+    return env_transfer(c, a, "/hsmvault.v1.Environments/AuthorizeCopy");
+}
+
+static int cmd_env_reset(vc *c, const cli *a)
+{
+    NEED(env, "env");
+    NEED(confirm, "confirm");
+    Hsmvault__V1__ResetEnvironmentRequest req = HSMVAULT__V1__RESET_ENVIRONMENT_REQUEST__INIT;
+    req.environment_id = (char *)(uintptr_t)a->env;
+    req.confirmation_name = (char *)(uintptr_t)a->confirm;
+    return call_print(c, a, "/hsmvault.v1.Environments/ResetEnvironment", &req.base,
+                      &hsmvault__v1__environment__descriptor);
+}
+
 static int cmd_env_unlock(vc *c, const cli *a)
 {
     NEED(env, "env");
@@ -694,6 +734,13 @@ static const cmd commands[] = {
     {"key", "unlock", cmd_key_unlock,
      "--tenant T --key K --pfx FILE [--password-file F | --password-stdin]",
      "after a lock, upload the locked key again to make it active (tenant-admin)"},
+    {"env", "may-restore", cmd_env_restore, "--from SOURCE-ENV --env TARGET-ENV",
+     "may a backup of SOURCE be restored into TARGET? exit 0 yes, 6 no (storage-node)"},
+    {"env", "may-copy", cmd_env_copy, "--from SOURCE-ENV --env TARGET-ENV",
+     "may SOURCE be copied into TARGET? exit 0 yes, 6 no (storage-node)"},
+    {"env", "reset", cmd_env_reset, "--env E --confirm NAME",
+     "replace every DEK of the environment (data and backups become unreadable); back to the "
+     "service key"},
     {"env", "unlock", cmd_env_unlock, "--env E",
      "unlock a locked environment once its key is unlocked (environment-admin)"},
     {"key", "roll-back", cmd_key_rollback, "--tenant T",
@@ -768,6 +815,7 @@ int main(int argc, char **argv)
         O_PWFILE,
         O_PWSTDIN,
         O_CONFIRM,
+        O_FROM,
         O_SECONDS,
         O_HELP
     };
@@ -789,6 +837,7 @@ int main(int argc, char **argv)
         {"password-file", required_argument, NULL, O_PWFILE},
         {"password-stdin", no_argument, NULL, O_PWSTDIN},
         {"confirm", required_argument, NULL, O_CONFIRM},
+        {"from", required_argument, NULL, O_FROM},
         {"seconds", required_argument, NULL, O_SECONDS},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
@@ -860,6 +909,9 @@ int main(int argc, char **argv)
             break;
         case O_CONFIRM:
             a.confirm = optarg;
+            break;
+        case O_FROM:
+            a.from = optarg;
             break;
         case O_SECONDS: {
             char *end = NULL;

@@ -1238,6 +1238,124 @@ static void test_lock_crash(void)
     CHECK(kv_test_sh("grep -q 'its key is locked or deleted' %s", log) == 0);
 }
 
+static kv_result transfer(const char *method, const char *src, const char *dst, bool *allowed,
+                          char *reason, size_t cap)
+{
+    Hsmvault__V1__AuthorizeTransferRequest req = HSMVAULT__V1__AUTHORIZE_TRANSFER_REQUEST__INIT;
+    req.source_environment_id = (char *)src;
+    req.target_environment_id = (char *)dst;
+    Hsmvault__V1__AuthorizeTransferResponse *resp = NULL;
+    kv_result r = CALL(sn, method, req, authorize_transfer_response, &resp);
+    if (kv_ok(r)) {
+        *allowed = resp->allowed;
+        snprintf(reason, cap, "%s", resp->reason);
+    }
+    kv_pb_free(resp ? &resp->base : NULL);
+    return r;
+}
+
+static kv_result reset_env(vc *c, const char *env, const char *confirm)
+{
+    Hsmvault__V1__ResetEnvironmentRequest req = HSMVAULT__V1__RESET_ENVIRONMENT_REQUEST__INIT;
+    req.environment_id = (char *)env;
+    req.confirmation_name = (char *)confirm;
+    Hsmvault__V1__Environment *e = NULL;
+    kv_result r = CALL(c, M("Environments", "ResetEnvironment"), req, environment, &e);
+    if (kv_ok(r)) CHECK(e->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_SERVICE_MANAGED);
+    kv_pb_free(e ? &e->base : NULL);
+    return r;
+}
+
+/* Seed 001's environment database operations: restore into the same
+ * environment or one with the same customer-managed key; copy only into
+ * another one with that key; nothing into a locked environment; reset
+ * replaces every DEK and returns the environment to the service key. */
+static void test_restore_copy_reset(void)
+{
+    CHECK(vaultd_proc_start(&vd, state));
+    op = vaultd_proc_client(&vd, "operator");
+    ta = vaultd_proc_client(&vd, "tenant-admin");
+    ea = vaultd_proc_client(&vd, "environment-admin");
+    sn = vaultd_proc_client(&vd, "storage-node");
+    au = vaultd_proc_client(&vd, "auditor");
+    char qa[64] = "", qa_db[64] = "";
+    CHECK_OK(
+        create_env(op, tenant, "qa", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, qa));
+    CHECK_OK(bind(op, URI("storage-node"), HSMVAULT__V1__ROLE__ROLE_STORAGE_NODE, tenant, qa));
+    kv_secret dek = KV_SECRET_INIT;
+    uint32_t lease;
+    uint8_t qa_dek[32] = {0};
+    CHECK_OK(vc_database_key_create(sn, qa, "orders", qa_db, sizeof(qa_db), &dek, &lease));
+    if (dek.len == 32) memcpy(qa_dek, dek.data, 32);
+    kv_secret_free(&dek);
+
+    bool allowed = true;
+    char reason[512];
+    const char *restore = M("Environments", "AuthorizeRestore"),
+               *copy = M("Environments", "AuthorizeCopy");
+    CHECK_OK(transfer(restore, env_prod, env_prod, &allowed, reason, sizeof(reason)));
+    CHECK(allowed);
+    CHECK_OK(transfer(restore, env_prod, qa, &allowed, reason, sizeof(reason)));
+    CHECK(!allowed && strstr(reason, "customer-managed key") != NULL);
+    CHECK_OK(transfer(copy, env_prod, env_prod, &allowed, reason, sizeof(reason)));
+    CHECK(!allowed && strstr(reason, "another environment") != NULL);
+    CHECK_OK(transfer(copy, env_prod, qa, &allowed, reason, sizeof(reason)));
+    CHECK(!allowed);
+    /* Apply the same key to qa: now both are allowed. */
+    Hsmvault__V1__ApplyKeyRequest ap = HSMVAULT__V1__APPLY_KEY_REQUEST__INIT;
+    Hsmvault__V1__Environment *e = NULL;
+    ap.environment_id = qa;
+    CHECK_OK(CALL(ea, M("Environments", "ApplyKey"), ap, environment, &e));
+    kv_pb_free(e ? &e->base : NULL);
+    CHECK_OK(transfer(restore, env_prod, qa, &allowed, reason, sizeof(reason)));
+    CHECK(allowed);
+    CHECK_OK(transfer(copy, env_prod, qa, &allowed, reason, sizeof(reason)));
+    CHECK(allowed);
+    CHECK_OK(transfer(copy, qa, env_prod, &allowed, reason, sizeof(reason)));
+    CHECK(allowed);
+    /* Deleted environments, other tenants, unknown ids, other roles. */
+    CHECK_OK(transfer(restore, env_prod, env_sbx, &allowed, reason, sizeof(reason)));
+    CHECK(!allowed && strstr(reason, "deleted") != NULL);
+    CHECK_ERR(transfer(copy, env_prod, env_t2, &allowed, reason, sizeof(reason)),
+              KV_ERR_PERMISSION_DENIED);
+    CHECK_ERR(transfer(copy, env_prod, "env-0000000000000000", &allowed, reason, sizeof(reason)),
+              KV_ERR_NOT_FOUND);
+    Hsmvault__V1__AuthorizeTransferRequest tr = HSMVAULT__V1__AUTHORIZE_TRANSFER_REQUEST__INIT;
+    tr.source_environment_id = env_prod;
+    tr.target_environment_id = qa;
+    Hsmvault__V1__AuthorizeTransferResponse *tresp = NULL;
+    CHECK_ERR(CALL(ea, restore, tr, authorize_transfer_response, &tresp), KV_ERR_PERMISSION_DENIED);
+
+    /* Locked environments: nothing restored, copied or reset into them. */
+    CHECK_OK(advance_clock(op, 72 * 3600));
+    CHECK_OK(lock_tenant(ta, tenant, "generated.pfx", "lock 2 environments of contoso", NULL));
+    CHECK_OK(transfer(restore, env_prod, env_prod, &allowed, reason, sizeof(reason)));
+    CHECK(!allowed && strstr(reason, "locked") != NULL);
+    CHECK_OK(transfer(copy, qa, env_prod, &allowed, reason, sizeof(reason)));
+    CHECK(!allowed && strstr(reason, "locked") != NULL);
+    CHECK_ERR(reset_env(ea, qa, "qa"), KV_ERR_FAILED_PRECONDITION);
+    CHECK_OK(advance_clock(op, 3600));
+    CHECK_OK(unlock_key(ta, tenant, key_gen, "generated.pfx"));
+    CHECK_OK(unlock_env(ea, env_prod));
+    CHECK_OK(unlock_env(ea, qa));
+    CHECK_OK(unwrap_same(sn, qa, qa_db, qa_dek));
+
+    /* Reset: confirmation required; fresh DEKs on the service key; the old
+     * DEK is gone for good. */
+    CHECK_ERR(reset_env(ea, qa, ""), KV_ERR_FAILED_PRECONDITION);
+    CHECK_ERR(reset_env(ta, qa, "qa"), KV_ERR_PERMISSION_DENIED);
+    CHECK_OK(reset_env(ea, qa, "qa"));
+    CHECK_OK(vc_database_key_unwrap(sn, qa, qa_db, &dek, &lease));
+    CHECK(dek.len == 32 && memcmp(dek.data, qa_dek, 32) != 0);
+    kv_secret_free(&dek);
+    CHECK_OK(transfer(copy, env_prod, qa, &allowed, reason, sizeof(reason)));
+    CHECK(!allowed); /* qa is on the service key now */
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
+    op = ta = ea = sn = au = NULL;
+    CHECK(vaultd_proc_stop(&vd) == 0);
+}
+
 int main(void)
 {
     rpc_client_global_init();
@@ -1259,6 +1377,7 @@ int main(void)
         RUN(test_rollback);
         RUN(test_lock_unlock);
         RUN(test_lock_crash);
+        RUN(test_restore_copy_reset);
     }
     if (vd.pid > 0) vaultd_proc_kill(&vd);
     int rc = kv_test_finish();

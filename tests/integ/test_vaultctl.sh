@@ -158,6 +158,17 @@ grep -q "sensitive" "$TMP/out" && ok || bad "audit token output: $(head -5 "$TMP
 expect 5 "auditor cannot create" -- as auditor tenant create --name x --subscription s --admin-contact a@example.com
 [ -n "$KEY1" ] && ok || bad "no key id"
 
+# Restore/copy authorization and reset (the environment is on the service key now).
+expect 0 "restore into itself" -- as storage-node env may-restore --from "$ENV" --env "$ENV"
+expect 6 "copy into itself" -- as storage-node env may-copy --from "$ENV" --env "$ENV"
+grep -q "another environment" "$TMP/err" && ok || bad "copy refusal: $(cat "$TMP/err")"
+expect 5 "may-restore by an admin" -- as environment-admin env may-restore --from "$ENV" --env "$ENV"
+expect 6 "reset with the wrong name" -- as environment-admin env reset --env "$ENV" --confirm nope
+expect 0 "reset" -- as environment-admin env reset --env "$ENV" --confirm prod
+expect 0 "unwrap after reset" -- as storage-node db unwrap --env "$ENV" --db "$DB"
+grep -q "$CHK" "$TMP/out" && bad "the DEK survived a reset" || ok
+CHK=$(sed -n 's/^ *dek_sha256: //p' "$TMP/out") # the environment's new DEK from here on
+
 # The test clock: operator only, and only in --dev.
 expect 0 "clock advance" -- as operator clock advance --seconds 60
 expect 5 "clock advance by a tenant admin" -- as tenant-admin clock advance --seconds 60

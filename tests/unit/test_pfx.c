@@ -2,10 +2,16 @@
  * test_pfx.c: PKCS#12 parsing and generation, fingerprints, software OAEP
  * and the dev CA, checked against files and verdicts of the openssl CLI.
  */
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "devca.h"
 #include "kv_file.h"
@@ -98,8 +104,101 @@ static void make_fixtures(void)
             "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -passout pass: -out "
             "emptypw.pfx && "
             "openssl pkcs12 -export -inkey rsa2048.pem -in rsa2048.crt -nomac -passout file:pw "
-            "-out nomac.pfx",
+            "-out nomac.pfx && "
+            "openssl pkcs8 -topk8 -nocrypt -in rsa2048.pem -outform DER -out rsa2048.p8",
             dir) == 0);
+}
+
+static EVP_PKEY *read_key(const char *name)
+{
+    char p[512];
+    path_of(p, sizeof(p), name);
+    FILE *f = fopen(p, "r");
+    EVP_PKEY *k = f != NULL ? PEM_read_PrivateKey(f, NULL, NULL, NULL) : NULL;
+    if (f != NULL) fclose(f);
+    return k;
+}
+
+static X509 *read_cert(const char *name)
+{
+    char p[512];
+    path_of(p, sizeof(p), name);
+    FILE *f = fopen(p, "r");
+    X509 *x = f != NULL ? PEM_read_X509(f, NULL, NULL, NULL) : NULL;
+    if (f != NULL) fclose(f);
+    return x;
+}
+
+static int write_p12(const char *name, PKCS12 *p12)
+{
+    uint8_t *der = NULL;
+    int n = p12 != NULL ? i2d_PKCS12(p12, &der) : -1;
+    char p[512];
+    path_of(p, sizeof(p), name);
+    int ok = n > 0 && kv_ok(kv_file_write_new(p, der, (size_t)n, 0600));
+    OPENSSL_free(der);
+    PKCS12_free(p12);
+    return ok;
+}
+
+/* Files the openssl CLI refuses to make, built with the library. */
+static void make_fixtures_c(void)
+{
+    EVP_PKEY *k = read_key("rsa2048.pem"), *k2 = read_key("other.pem");
+    X509 *c = read_cert("rsa2048.crt"), *other = read_cert("other.crt");
+    CHECK(k != NULL && k2 != NULL && c != NULL && other != NULL);
+    if (k == NULL || k2 == NULL || c == NULL || other == NULL) return;
+
+    /* The key with only someone else's certificate. */
+    STACK_OF(X509) *ca = sk_X509_new_null();
+    CHECK(ca != NULL && sk_X509_push(ca, other) > 0);
+    CHECK(write_p12("mismatch.pfx", PKCS12_create(PASSWORD, NULL, k, NULL, ca, 0, 0, 0, 0, 0)));
+    sk_X509_free(ca);
+
+    /* Two private keys. */
+    STACK_OF(PKCS12_SAFEBAG) *bags = NULL;
+    STACK_OF(PKCS7) *safes = NULL;
+    CHECK(PKCS12_add_key(&bags, k, 0, 2048, NID_pbe_WithSHA1And3_Key_TripleDES_CBC, PASSWORD) &&
+          PKCS12_add_key(&bags, k2, 0, 2048, NID_pbe_WithSHA1And3_Key_TripleDES_CBC, PASSWORD) &&
+          PKCS12_add_safe(&safes, bags, -1, 0, NULL));
+    PKCS12 *two = PKCS12_add_safes(safes, 0);
+    CHECK(two != NULL && PKCS12_set_mac(two, PASSWORD, -1, NULL, 0, 2048, NULL));
+    CHECK(write_p12("twokeys.pfx", two));
+    sk_PKCS12_SAFEBAG_pop_free(bags, PKCS12_SAFEBAG_free);
+    sk_PKCS7_pop_free(safes, PKCS7_free);
+
+    /* A MAC asking for 50 million KDF iterations (the MAC value is stale:
+     * the file must be refused before anything is computed). */
+    PKCS12 *slow = PKCS12_create(PASSWORD, NULL, k, c, NULL, 0, 0, 0, 0, 0);
+    const ASN1_INTEGER *iter = NULL;
+    if (slow != NULL) PKCS12_get0_mac(NULL, NULL, NULL, &iter, slow);
+    CHECK(iter != NULL && ASN1_INTEGER_set((ASN1_INTEGER *)(uintptr_t)iter, 50000000));
+    CHECK(write_p12("slow.pfx", slow));
+    EVP_PKEY_free(k);
+    EVP_PKEY_free(k2);
+    X509_free(c);
+    X509_free(other);
+    ERR_clear_error();
+}
+
+/* Without OpenSSL's legacy provider a legacy PFX gets a clear answer, and a
+ * modern one still opens.  In a child: the provider is loaded once per
+ * process, so this runs before the parent's first pfx_open. */
+static void test_legacy_unavailable(void)
+{
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("OPENSSL_MODULES", "/nonexistent", 1);
+        kv_result r = open_file("legacy.pfx", PASSWORD, NULL);
+        int ok = kv_failed(r) && kv_error_code() == KV_ERR_FAILED_PRECONDITION &&
+                 strstr(kv_error_msg(), "legacy provider is not available") != NULL;
+        if (!ok) fprintf(stderr, "child: %s\n", kv_failed(r) ? kv_error_msg() : "opened");
+        ok = ok && kv_ok(open_file("modern.pfx", PASSWORD, "rsa2048.spki"));
+        _exit(ok && kv_test_failed == 0 ? 0 : 1);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
 static void test_open_good(void)
@@ -108,6 +207,20 @@ static void test_open_good(void)
     CHECK_OK(open_file("legacy.pfx", PASSWORD, "rsa2048.spki"));
     CHECK_OK(open_file("nocert.pfx", PASSWORD, "rsa2048.spki"));
     CHECK_OK(open_file("emptypw.pfx", "", "rsa2048.spki"));
+
+    /* The PKCS#8 out is byte for byte what `openssl pkcs8 -topk8` writes. */
+    size_t len = 0, want_len = 0, spki_len = 0;
+    uint8_t *data = load("legacy.pfx", &len), *want = load("rsa2048.p8", &want_len), *spki = NULL;
+    kv_secret p = pw(PASSWORD), key = KV_SECRET_INIT;
+    if (data != NULL && want != NULL) {
+        CHECK_OK(pfx_open(data, len, &p, &key, &spki, &spki_len));
+        CHECK(key.len == want_len && key.cap == want_len && kv_ct_equal(key.data, want, want_len));
+    }
+    free(spki);
+    free(want);
+    free(data);
+    kv_secret_free(&key);
+    kv_secret_free(&p);
 }
 
 static void test_open_bad(void)
@@ -128,6 +241,14 @@ static void test_open_bad(void)
     CHECK(strstr(kv_error_msg(), "EC (prime256v1)") != NULL);
     CHECK_ERR(open_file("certonly.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
     CHECK(strstr(kv_error_msg(), "no private key") != NULL);
+    CHECK_ERR(open_file("mismatch.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "does not match its private key") != NULL);
+    CHECK_ERR(open_file("twokeys.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "2 private keys") != NULL);
+    CHECK_ERR(open_file("slow.pfx", PASSWORD, NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "iterations") != NULL);
+    CHECK_ERR(open_file("emptypw.pfx", "wrong", NULL), KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "password is wrong") != NULL);
 
     /* Garbage, empty, truncated at many lengths, oversized: all refused. */
     kv_secret p = pw(PASSWORD), key = KV_SECRET_INIT;
@@ -153,6 +274,16 @@ static void test_open_bad(void)
     good[len / 2] ^= 0x10;
     CHECK_ERR(pfx_open(good, len, &p, &key, &spki, &spki_len), KV_ERR_INVALID_ARGUMENT);
     good[len / 2] ^= 0x10;
+    /* Trailing bytes after the PFX. */
+    uint8_t *longer = malloc(len + 1);
+    if (longer != NULL) {
+        memcpy(longer, good, len);
+        longer[len] = 0;
+        CHECK_ERR(pfx_open(longer, len + 1, &p, &key, &spki, &spki_len), KV_ERR_INVALID_ARGUMENT);
+        CHECK(strstr(kv_error_msg(), "follow its end") != NULL);
+        free(longer);
+    }
+    CHECK(key.data == NULL && spki == NULL); /* no output on any failure */
     uint8_t *big = calloc(1, PFX_MAX_BYTES + 1);
     memcpy(big, good, len);
     CHECK_ERR(pfx_open(big, PFX_MAX_BYTES + 1, &p, &key, &spki, &spki_len),
@@ -174,8 +305,14 @@ static void test_generate(void)
     kv_secret p = pw(PASSWORD), key = KV_SECRET_INIT, key2 = KV_SECRET_INIT;
     uint8_t *pfx = NULL, *spki = NULL, *spki2 = NULL;
     size_t pfx_len = 0, spki_len = 0, spki2_len = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     CHECK_OK(pfx_generate("contoso kek 2026", &p, &pfx, &pfx_len, &key, &spki, &spki_len));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    fprintf(stderr, "pfx_generate: %.0f ms\n",
+            (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6);
     if (pfx == NULL) return;
+    CHECK(key.len == key.cap && key.data[0] == 0x30);
     unsigned bits = 0;
     CHECK_OK(spki_rsa_bits(spki, spki_len, &bits));
     CHECK(bits == 2048);
@@ -224,6 +361,12 @@ static void test_generate(void)
     CHECK_ERR(pfx_generate("", &p, &x, &xl, &k3, &spki2, &spki2_len), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(pfx_generate("bad\nname", &p, &x, &xl, &k3, &spki2, &spki2_len),
               KV_ERR_INVALID_ARGUMENT);
+    char longname[80];
+    memset(longname, 'a', sizeof(longname) - 1);
+    longname[sizeof(longname) - 1] = '\0';
+    CHECK_ERR(pfx_generate(longname, &p, &x, &xl, &k3, &spki2, &spki2_len),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK(x == NULL && k3.data == NULL);
     CHECK_ERR(pfx_generate("x", &empty, &x, &xl, &k3, &spki2, &spki2_len), KV_ERR_INVALID_ARGUMENT);
     free(spki2);
     free(spki);
@@ -296,6 +439,18 @@ static void test_devca(void)
     CHECK_ERR(devca_issue(ca, "../evil", "x", NULL, false), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(devca_issue(ca, "Upper", "x", NULL, false), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(devca_issue(ca, "", "x", NULL, false), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(devca_issue(ca, "a.b", "x", NULL, false), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(devca_issue(ca, "carol", "bad\ncn", NULL, false), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(devca_issue(ca, "carol", "carol", "spiffe://x,DNS:evil", false),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(devca_issue(ca, "carol", "carol", "no scheme", false), KV_ERR_INVALID_ARGUMENT);
+    CHECK(kv_test_sh("cd %s && [ ! -e carol.key ] && [ ! -e carol.pem ]", ca) == 0);
+    /* A half-made CA (certificate only) is not overwritten either. */
+    CHECK(kv_test_sh("mkdir -p %s/half && cp %s/ca.pem %s/half/", dir, ca, dir) == 0);
+    char half[300];
+    snprintf(half, sizeof(half), "%s/half", dir);
+    CHECK_ERR(devca_create(half, "again"), KV_ERR_ALREADY_EXISTS);
+    CHECK(kv_test_sh("[ ! -e %s/half/ca.key ]", dir) == 0);
     char nope[300];
     snprintf(nope, sizeof(nope), "%s/no-ca", dir);
     CHECK_ERR(devca_issue(nope, "x", "x", NULL, false), KV_ERR_NOT_FOUND);
@@ -325,6 +480,8 @@ int main(void)
 {
     kv_test_tmpdir(dir, sizeof(dir), "pfx");
     RUN(make_fixtures);
+    RUN(make_fixtures_c);
+    RUN(test_legacy_unavailable);
     RUN(test_open_good);
     RUN(test_open_bad);
     RUN(test_generate);

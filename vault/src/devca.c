@@ -42,6 +42,31 @@ static kv_result check_name(const char *name)
     return KV_SUCCESS;
 }
 
+/* Subject CN: 1..64 printable ASCII characters (X.520 upper bound). */
+static kv_result check_common_name(const char *cn)
+{
+    size_t n = cn != NULL ? strnlen(cn, 65) : 0;
+    KV_ENSURE(n >= 1 && n <= 64, KV_ERR_INVALID_ARGUMENT,
+              "a certificate common name must be 1 to 64 characters");
+    for (size_t i = 0; i < n; i++)
+        KV_ENSURE(cn[i] >= 0x20 && cn[i] < 0x7f, KV_ERR_INVALID_ARGUMENT,
+                  "a certificate common name must be printable ASCII");
+    return KV_SUCCESS;
+}
+
+/* SAN URI: "scheme:rest", visible ASCII without ',' (the openssl.cnf list
+ * separator that ossl_add_ext would otherwise split on). */
+static kv_result check_san_uri(const char *uri)
+{
+    size_t n = strnlen(uri, 400);
+    KV_ENSURE(n >= 3 && n < 400 && strchr(uri, ':') != NULL && uri[0] != ':',
+              KV_ERR_INVALID_ARGUMENT, "a SAN URI must look like scheme:path (under 400 bytes)");
+    for (size_t i = 0; i < n; i++)
+        KV_ENSURE(uri[i] > 0x20 && uri[i] < 0x7f && uri[i] != ',', KV_ERR_INVALID_ARGUMENT,
+                  "a SAN URI must be visible ASCII without spaces or commas");
+    return KV_SUCCESS;
+}
+
 static kv_result path_of(char *out, size_t cap, const char *dir, const char *name, const char *ext)
 {
     KV_ENSURE(snprintf(out, cap, "%s/%s.%s", dir, name, ext) < (int)cap, KV_ERR_INVALID_ARGUMENT,
@@ -111,6 +136,10 @@ kv_result devca_create(const char *dir, const char *ca_common_name)
     char key_path[PATH_MAX], cert_path[PATH_MAX];
     KV_GUARD(path_of(key_path, sizeof(key_path), dir, "ca", "key"));
     KV_GUARD(path_of(cert_path, sizeof(cert_path), dir, "ca", "pem"));
+    KV_GUARD(check_common_name(ca_common_name));
+    /* Checked up front so a half-existing CA never gets a new key. */
+    KV_ENSURE(access(key_path, F_OK) != 0 && access(cert_path, F_OK) != 0, KV_ERR_ALREADY_EXISTS,
+              "%s already holds a CA (ca.pem/ca.key); it is never replaced", dir);
     KV_GUARD(kv_file_mkdirs(dir, 0700));
     EVP_PKEY *key = EVP_EC_gen("P-256");
     if (key == NULL) return CA_FAIL("EC key generation failed");
@@ -121,7 +150,10 @@ kv_result devca_create(const char *dir, const char *ca_common_name)
     if (kv_ok(r)) r = ossl_add_ext(x, x, NID_subject_key_identifier, "hash");
     if (kv_ok(r)) r = sign(x, key);
     if (kv_ok(r)) r = write_pem(key_path, 0600, pem_key, key, true);
-    if (kv_ok(r)) r = write_pem(cert_path, 0644, pem_cert, x, false);
+    if (kv_ok(r)) {
+        r = write_pem(cert_path, 0644, pem_cert, x, false);
+        if (kv_failed(r)) unlink(key_path); /* no key without its certificate */
+    }
     X509_free(x);
     EVP_PKEY_free(key);
     return r;
@@ -167,10 +199,8 @@ kv_result devca_issue(const char *dir, const char *name, const char *common_name
     KV_GUARD(path_of(cert_path, sizeof(cert_path), dir, name, "pem"));
     KV_ENSURE(access(key_path, F_OK) != 0 && access(cert_path, F_OK) != 0, KV_ERR_ALREADY_EXISTS,
               "%s already has a certificate for '%s'; it is never replaced", dir, name);
-    if (san_uri != NULL) {
-        KV_ENSURE(strlen(san_uri) < 400 && strchr(san_uri, ',') == NULL, KV_ERR_INVALID_ARGUMENT,
-                  "bad SAN URI for '%s'", name);
-    }
+    KV_GUARD(check_common_name(common_name));
+    if (san_uri != NULL) KV_GUARD(check_san_uri(san_uri));
     X509 *ca = NULL, *x = NULL;
     EVP_PKEY *ca_key = NULL;
     KV_GUARD(load_ca(dir, &ca, &ca_key));
@@ -191,7 +221,10 @@ kv_result devca_issue(const char *dir, const char *name, const char *common_name
     }
     if (kv_ok(r)) r = sign(x, ca_key);
     if (kv_ok(r)) r = write_pem(key_path, 0600, pem_key, key, true);
-    if (kv_ok(r)) r = write_pem(cert_path, 0644, pem_cert, x, false);
+    if (kv_ok(r)) {
+        r = write_pem(cert_path, 0644, pem_cert, x, false);
+        if (kv_failed(r)) unlink(key_path); /* no key without its certificate */
+    }
     X509_free(x);
     X509_free(ca);
     EVP_PKEY_free(key);

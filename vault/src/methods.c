@@ -28,6 +28,9 @@ H(vault_rpc_get_lock_confirmation);
 H(vault_rpc_lock_tenant);
 H(vault_rpc_unlock_key);
 H(vault_rpc_unlock_environment);
+H(vault_rpc_authorize_restore);
+H(vault_rpc_authorize_copy);
+H(vault_rpc_reset_environment);
 H(vault_rpc_create_environment);
 H(vault_rpc_list_environments);
 H(vault_rpc_get_environment);
@@ -92,6 +95,9 @@ static const rpc_method vault_method_table[] = {
     {"/hsmvault.v1.TenantKeys/LockTenant", vault_rpc_lock_tenant},
     {"/hsmvault.v1.TenantKeys/UnlockKey", vault_rpc_unlock_key},
     {"/hsmvault.v1.Environments/UnlockEnvironment", vault_rpc_unlock_environment},
+    {"/hsmvault.v1.Environments/AuthorizeRestore", vault_rpc_authorize_restore},
+    {"/hsmvault.v1.Environments/AuthorizeCopy", vault_rpc_authorize_copy},
+    {"/hsmvault.v1.Environments/ResetEnvironment", vault_rpc_reset_environment},
     {"/hsmvault.v1.Environments/CreateEnvironment", vault_rpc_create_environment},
     {"/hsmvault.v1.Environments/ListEnvironments", vault_rpc_list_environments},
     {"/hsmvault.v1.Environments/GetEnvironment", vault_rpc_get_environment},

@@ -253,3 +253,213 @@ vault_rpc_return_to_service_key_impl(vault *v, const rpc_ctx *ctx,
     kv_pb_free(&tr->base);
     return r;
 }
+
+/* ---- restore, copy, reset (seed 001 "Environment database operations") --- */
+
+/* Restore: into the environment the backup came from, or another one
+ * encrypted with the same customer-managed key.  Copy: only into another
+ * environment encrypted with the same customer-managed key.  Service-managed
+ * environments keep to their tenant's service key the same way.  Neither
+ * into or out of a locked or deleted environment. */
+static void vault_transfer_verdict(const EnvironmentRecord *src, const EnvironmentRecord *dst,
+                                   bool copy, bool *allowed, char *reason, size_t cap)
+{
+    *allowed = false;
+    const char *op = copy ? "copy" : "restore";
+    if (dst->state != HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ACTIVE) {
+        snprintf(reason, cap, "cannot %s into environment %s: it is %s", op, dst->id,
+                 dst->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED
+                     ? "locked"
+                     : "deleted");
+        return;
+    }
+    if (src->state != HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ACTIVE) {
+        snprintf(reason, cap, "cannot %s from environment %s: it is %s", op, src->id,
+                 src->state == HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED
+                     ? "locked"
+                     : "deleted");
+        return;
+    }
+    bool same_env = strcmp(src->id, dst->id) == 0;
+    if (copy && same_env) {
+        snprintf(reason, cap, "a copy goes into another environment, not into %s itself", src->id);
+        return;
+    }
+    if (!copy && same_env) {
+        *allowed = true;
+        snprintf(reason, cap, "restore into the environment the backup was taken from");
+        return;
+    }
+    bool cm = src->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED;
+    if (strcmp(src->tenant_id, dst->tenant_id) != 0 || src->encryption != dst->encryption ||
+        strcmp(src->kek_id, dst->kek_id) != 0) {
+        if (cm)
+            snprintf(reason, cap,
+                     "environment %s is encrypted with customer-managed key %s; environment %s is "
+                     "not encrypted with "
+                     "that key (apply it there first)",
+                     src->id, src->kek_id, dst->id);
+        else
+            snprintf(reason, cap, "environments %s and %s are not encrypted with the same key",
+                     src->id, dst->id);
+        return;
+    }
+    *allowed = true;
+    snprintf(reason, cap, "both environments are encrypted with %s key %s",
+             cm ? "customer-managed" : "service", src->kek_id);
+}
+
+static kv_result vault_authorize_transfer(vault *v, const rpc_ctx *ctx,
+                                          const Hsmvault__V1__AuthorizeTransferRequest *req,
+                                          bool copy, rpc_reply *reply)
+{
+    const char *action = copy ? "authorize copies" : "authorize restores";
+    EnvironmentRecord *src = NULL, *dst = NULL;
+    KV_GUARD(vault_env_begin(v, ctx, req->source_environment_id, ROLE_BIT(ROLE_STORAGE_NODE),
+                             action, &src, NULL));
+    kv_result r = vault_env_begin(v, ctx, req->target_environment_id, ROLE_BIT(ROLE_STORAGE_NODE),
+                                  action, &dst, NULL);
+    if (kv_ok(r)) {
+        char reason[512];
+        bool allowed;
+        vault_transfer_verdict(src, dst, copy, &allowed, reason, sizeof(reason));
+        KV_LOG_INFO("%s from %s into %s for %s: %s (%s)", copy ? "copy" : "restore", src->id,
+                    dst->id, ctx->principal, allowed ? "allowed" : "refused", reason);
+        Hsmvault__V1__AuthorizeTransferResponse resp =
+            HSMVAULT__V1__AUTHORIZE_TRANSFER_RESPONSE__INIT;
+        resp.allowed = allowed;
+        resp.reason = reason;
+        r = vault_reply(reply, &resp.base, false);
+    }
+    kv_pb_free(&src->base);
+    if (dst != NULL) kv_pb_free(&dst->base);
+    return r;
+}
+
+VAULT_HANDLER(vault_rpc_authorize_restore, Hsmvault__V1__AuthorizeTransferRequest,
+              hsmvault__v1__authorize_transfer_request__descriptor)
+static kv_result vault_rpc_authorize_restore_impl(vault *v, const rpc_ctx *ctx,
+                                                  const Hsmvault__V1__AuthorizeTransferRequest *req,
+                                                  rpc_reply *reply)
+{
+    return vault_authorize_transfer(v, ctx, req, false, reply);
+}
+
+VAULT_HANDLER(vault_rpc_authorize_copy, Hsmvault__V1__AuthorizeTransferRequest,
+              hsmvault__v1__authorize_transfer_request__descriptor)
+static kv_result vault_rpc_authorize_copy_impl(vault *v, const rpc_ctx *ctx,
+                                               const Hsmvault__V1__AuthorizeTransferRequest *req,
+                                               rpc_reply *reply)
+{
+    return vault_authorize_transfer(v, ctx, req, true, reply);
+}
+
+typedef struct {
+    const char *env_id;
+    const char *service_key_id;
+    DatabaseRecord *fresh; /* new DEKs, one per database, same ids */
+    size_t n;
+} vault_reset_ctx;
+
+static kv_result vault_reset_commit(store_txn *t, void *arg)
+{
+    const vault_reset_ctx *c = arg;
+    EnvironmentRecord *e = NULL;
+    KV_GUARD(vault_get_environment(t, c->env_id, &e));
+    kv_result r = vault_env_must_be_active(e);
+    for (size_t i = 0; kv_ok(r) && i < c->n; i++) {
+        char key[2 * VAULT_ID_MAX];
+        vault_db_store_key(c->env_id, c->fresh[i].id, key, sizeof(key));
+        r = store_put(t, STORE_DATABASES, key, &c->fresh[i].base);
+    }
+    if (kv_ok(r)) {
+        char *own = e->kek_id;
+        e->kek_id = (char *)(uintptr_t)c->service_key_id;
+        e->encryption = HSMVAULT__V1__ENCRYPTION__ENCRYPTION_SERVICE_MANAGED;
+        r = store_put(t, STORE_ENVIRONMENTS, e->id, &e->base);
+        e->kek_id = own;
+    }
+    kv_pb_free(&e->base);
+    return r;
+}
+
+/* Reset: the environment's DEKs are replaced by fresh ones under the service
+ * key, so its data and backups can no longer be read by anyone; the old
+ * wrapped DEKs are overwritten in the same commit. */
+VAULT_HANDLER(vault_rpc_reset_environment, Hsmvault__V1__ResetEnvironmentRequest,
+              hsmvault__v1__reset_environment_request__descriptor)
+static kv_result vault_rpc_reset_environment_impl(vault *v, const rpc_ctx *ctx,
+                                                  const Hsmvault__V1__ResetEnvironmentRequest *req,
+                                                  rpc_reply *reply)
+{
+    EnvironmentRecord *e = NULL;
+    TenantRecord *tr = NULL;
+    KeyRecord *svc = NULL;
+    store_list dbs = {0};
+    vault_reset_ctx c = {.env_id = req->environment_id};
+    KV_GUARD(vault_env_begin(v, ctx, req->environment_id,
+                             ROLE_BIT(ROLE_ENVIRONMENT_ADMIN) | ROLE_BIT(ROLE_STORAGE_NODE),
+                             "reset this environment", &e, &tr));
+    pthread_mutex_lock(&v->lifecycle);
+    kv_result r = vault_env_must_be_active(e);
+    if (kv_ok(r) && strcmp(req->confirmation_name, e->name) != 0)
+        r = kv_error_set(KV_ERR_FAILED_PRECONDITION, __FILE__, __LINE__,
+                         "a reset deletes the data and backups of environment %s: confirm by "
+                         "giving its name '%s'",
+                         e->id, e->name);
+    store_txn *t = NULL;
+    if (kv_ok(r)) r = store_read_begin(v->store, &t);
+    if (kv_ok(r)) {
+        char prefix[VAULT_ID_MAX + 2];
+        snprintf(prefix, sizeof(prefix), "%s/", e->id);
+        r = vault_get_key(t, tr->id, tr->service_key_id, &svc);
+        if (kv_ok(r))
+            r = store_collect(t, STORE_DATABASES, prefix,
+                              &hsmvault__store__database_record__descriptor, NULL, NULL, &dbs);
+        store_read_end(t);
+    }
+    if (kv_ok(r)) {
+        c.fresh = calloc(dbs.n ? dbs.n : 1, sizeof(*c.fresh));
+        if (c.fresh == NULL)
+            r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
+    }
+    for (size_t i = 0; kv_ok(r) && i < dbs.n; i++) {
+        const DatabaseRecord *old = (const DatabaseRecord *)dbs.items[i];
+        uint8_t dek[VAULT_DEK_BYTES];
+        c.fresh[i] = *old;
+        c.fresh[i].wrapped_dek.data = NULL;
+        c.fresh[i].wrapped_dek.len = 0;
+        c.fresh[i].dek_version = old->dek_version + 1;
+        c.n = i + 1;
+        r = hsm_random(v->hsm, dek, sizeof(dek));
+        if (kv_ok(r)) r = vault_wrap_dek(v, svc, dek, sizeof(dek), &c.fresh[i]);
+        kv_wipe(dek, sizeof(dek));
+    }
+    if (kv_ok(r)) r = store_update(v->store, vault_reset_commit, &c);
+    pthread_mutex_unlock(&v->lifecycle);
+    if (kv_ok(r)) {
+        KV_LOG_WARN(
+            "environment %s reset by %s: %zu database keys replaced, back on the service key",
+            e->id, ctx->principal, c.n);
+        r = store_read_begin(v->store, &t);
+        EnvironmentRecord *now = NULL;
+        if (kv_ok(r)) {
+            r = vault_get_environment(t, e->id, &now);
+            store_read_end(t);
+        }
+        if (kv_ok(r)) {
+            Hsmvault__V1__Environment api;
+            vault_env_to_api(now, &api);
+            r = vault_reply(reply, &api.base, false);
+            kv_pb_free(&now->base);
+        }
+    }
+    for (size_t i = 0; c.fresh != NULL && i < c.n; i++)
+        free(c.fresh[i].wrapped_dek.data);
+    free(c.fresh);
+    store_list_free(&dbs);
+    if (svc != NULL) kv_pb_free(&svc->base);
+    kv_pb_free(&e->base);
+    kv_pb_free(&tr->base);
+    return r;
+}
