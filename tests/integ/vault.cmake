@@ -9,3 +9,9 @@ add_dependencies(integ_vault vaultd vaultctl)
 # vaultctl as a user runs it: exit codes, JSON, password sources, PFX files.
 add_test(NAME integ_vaultctl COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integ/test_vaultctl.sh)
 set_tests_properties(integ_vaultctl PROPERTIES LABELS integ TIMEOUT 300 ENVIRONMENT "${HSMVAULT_TEST_ENV}")
+
+# The role matrix: docs/roles.md parsed and enforced RPC by RPC.
+kv_add_test(NAME integ_roles LABEL integ SOURCES integ/test_roles.c integ/vaultd_proc.c
+            LIBS client client_rpc vault proto PkgConfig::OPENSSL TIMEOUT 300)
+target_include_directories(integ_roles PRIVATE integ)
+add_dependencies(integ_roles vaultd)

@@ -163,7 +163,7 @@ typedef struct {
     long kdf_budget; /* iterations still allowed */
     int keys;        /* key bags seen */
     EVP_PKEY *key;   /* the first key, decrypted */
-    STACK_OF(X509) *certs;
+    STACK_OF(X509) * certs;
 } pfx_walk;
 
 static kv_result damaged(void)
@@ -226,7 +226,7 @@ static kv_result undecryptable(void)
                      "is damaged or uses an unsupported cipher");
 }
 
-static kv_result walk_bags(pfx_walk *w, const STACK_OF(PKCS12_SAFEBAG) *bags, int depth);
+static kv_result walk_bags(pfx_walk *w, const STACK_OF(PKCS12_SAFEBAG) * bags, int depth);
 
 static kv_result walk_bag(pfx_walk *w, const PKCS12_SAFEBAG *bag, int depth)
 {
@@ -277,7 +277,7 @@ static kv_result walk_bag(pfx_walk *w, const PKCS12_SAFEBAG *bag, int depth)
     }
 }
 
-static kv_result walk_bags(pfx_walk *w, const STACK_OF(PKCS12_SAFEBAG) *bags, int depth)
+static kv_result walk_bags(pfx_walk *w, const STACK_OF(PKCS12_SAFEBAG) * bags, int depth)
 {
     for (int i = 0; i < sk_PKCS12_SAFEBAG_num(bags); i++)
         KV_GUARD(walk_bag(w, sk_PKCS12_SAFEBAG_value(bags, i), depth));
