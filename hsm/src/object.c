@@ -26,6 +26,44 @@ static kv_result hsm_objects_find(const hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUT
     return KV_SUCCESS;
 }
 
+bool hsm_handle_lookup(const hsm *h, const hsm_key_id *id, CK_OBJECT_HANDLE *out)
+{
+    hsm_handle_cache *c = h->handles;
+    bool hit = false;
+    pthread_mutex_lock(&c->mu);
+    for (unsigned i = 0; i < HSM_HANDLE_CACHE && !hit; i++) {
+        if (c->e[i].used && memcmp(c->e[i].id.bytes, id->bytes, HSM_KEY_ID_LEN) == 0) {
+            *out = c->e[i].handle;
+            hit = true;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return hit;
+}
+
+void hsm_handle_remember(const hsm *h, const hsm_key_id *id, CK_OBJECT_HANDLE handle)
+{
+    hsm_handle_cache *c = h->handles;
+    pthread_mutex_lock(&c->mu);
+    unsigned slot = c->next;
+    for (unsigned i = 0; i < HSM_HANDLE_CACHE; i++)
+        if (c->e[i].used && memcmp(c->e[i].id.bytes, id->bytes, HSM_KEY_ID_LEN) == 0) slot = i;
+    if (slot == c->next) c->next = (c->next + 1) % HSM_HANDLE_CACHE;
+    c->e[slot].id = *id;
+    c->e[slot].handle = handle;
+    c->e[slot].used = true;
+    pthread_mutex_unlock(&c->mu);
+}
+
+void hsm_handle_forget(const hsm *h, const hsm_key_id *id)
+{
+    hsm_handle_cache *c = h->handles;
+    pthread_mutex_lock(&c->mu);
+    for (unsigned i = 0; i < HSM_HANDLE_CACHE; i++)
+        if (c->e[i].used && memcmp(c->e[i].id.bytes, id->bytes, HSM_KEY_ID_LEN) == 0) c->e[i].used = false;
+    pthread_mutex_unlock(&c->mu);
+}
+
 kv_result hsm_object_find(const hsm *h, CK_SESSION_HANDLE s, const hsm_key_id *id,
                           CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj, bool *found)
 {
@@ -71,6 +109,7 @@ kv_result hsm_key_destroy(hsm *h, const hsm_key_id *id)
     char hex[2 * HSM_KEY_ID_LEN + 1];
     hsm_key_id_hex(id, hex);
 
+    hsm_handle_forget(h, id);
     KV_GUARD(hsm_session_acquire(h, &s));
     for (int round = 0; round < HSM_DESTROY_ROUNDS; round++) {
         CK_OBJECT_HANDLE objs[HSM_DESTROY_BATCH];

@@ -459,10 +459,17 @@ kv_result hsm_rsa_decrypt_oaep(hsm *h, const hsm_key_id *id, hsm_oaep_hash hash,
      * (SoftHSM answers CKR_BUFFER_TOO_SMALL to a short ciphertext otherwise). */
     KV_GUARD(kv_secret_alloc(&plain, HSM_RSA_BYTES_MAX));
     KV_GUARD_GOTO(hsm_session_acquire(h, &s), r, done);
-    KV_GUARD_GOTO(hsm_object_find(h, s, id, CKO_PRIVATE_KEY, &key, &found), r, out);
-    KV_ENSURE_GOTO(found, r, out, KV_ERR_NOT_FOUND, "no private key %s in token '%s'", hex,
-                   h->label);
-    CK_RV rv = h->p11->C_DecryptInit(s, &mech, key);
+    bool cached = hsm_handle_lookup(h, id, &key);
+    CK_RV rv = CKR_KEY_HANDLE_INVALID;
+    if (cached) rv = h->p11->C_DecryptInit(s, &mech, key);
+    if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
+        /* Not known yet, or destroyed behind our back: search the token. */
+        if (cached) hsm_handle_forget(h, id);
+        KV_GUARD_GOTO(hsm_object_find(h, s, id, CKO_PRIVATE_KEY, &key, &found), r, out);
+        KV_ENSURE_GOTO(found, r, out, KV_ERR_NOT_FOUND, "no private key %s in token '%s'", hex, h->label);
+        rv = h->p11->C_DecryptInit(s, &mech, key);
+        if (rv == CKR_OK) hsm_handle_remember(h, id, key);
+    }
     switch (rv) {
     case CKR_OK:
         break;

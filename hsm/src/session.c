@@ -188,6 +188,12 @@ kv_result hsm_open(const hsm_config *cfg, hsm **out)
 
     h = calloc(1, sizeof(*h));
     KV_ENSURE(h != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    h->handles = calloc(1, sizeof(*h->handles));
+    if (h->handles == NULL) {
+        free(h);
+        KV_BAIL(KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    pthread_mutex_init(&h->handles->mu, NULL);
     snprintf(h->label, sizeof(h->label), "%s", cfg->token_label);
     KV_GUARD_GOTO(hsm_module_load(cfg->module_path, &h->module, &h->p11), r, out);
     KV_GUARD_GOTO(hsm_slot_find(h->p11, h->label, &h->slot), r, out);
@@ -212,6 +218,8 @@ void hsm_close(hsm *h)
      * Closing the token's last session logs out by itself. */
     if (h->anchor_open) (void)h->p11->C_CloseSession(h->anchor);
     hsm_module_unload(h->module);
+    if (h->handles != NULL) pthread_mutex_destroy(&h->handles->mu);
+    free(h->handles);
     free(h);
 }
 

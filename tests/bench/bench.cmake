@@ -1,7 +1,11 @@
 # Benchmarks: built with the tests, run by hand (never by ctest).
-add_executable(bench_unwrap bench/bench_unwrap.c integ/vaultd_proc.c)
-target_include_directories(bench_unwrap PRIVATE integ)
-target_link_libraries(bench_unwrap PRIVATE testlib client hsm vault_crypto proto Threads::Threads)
-target_compile_definitions(bench_unwrap PRIVATE
-  HSMVAULT_DEFAULT_BUILD_DIR="${CMAKE_BINARY_DIR}")
-add_dependencies(bench_unwrap vaultd)
+add_library(benchlib STATIC bench/bench_common.c integ/vaultd_proc.c)
+target_include_directories(benchlib PUBLIC bench integ)
+target_compile_definitions(benchlib PRIVATE HSMVAULT_DEFAULT_BUILD_DIR="${CMAKE_BINARY_DIR}")
+target_link_libraries(benchlib PUBLIC testlib client hsm vault_crypto proto Threads::Threads)
+
+foreach(b bench_unwrap bench_activate)
+  add_executable(${b} bench/${b}.c)
+  target_link_libraries(${b} PRIVATE benchlib)
+  add_dependencies(${b} vaultd)
+endforeach()

@@ -6,6 +6,8 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -20,19 +22,26 @@ static hsm_oaep_hash vault_alg_hash(Hsmvault__V1__WrapAlgorithm alg)
                                                                                : HSM_OAEP_SHA1;
 }
 
+/* Records a wrapped DEK (ct, malloc'd) and how it was wrapped in db. */
+static void vault_set_wrapped(const vault *v, const KeyRecord *kek, uint8_t *ct, size_t ct_len,
+                              DatabaseRecord *db)
+{
+    db->wrapped_dek.data = ct;
+    db->wrapped_dek.len = ct_len;
+    db->wrap_alg = v->wrap_hash == HSM_OAEP_SHA256
+                       ? HSMVAULT__V1__WRAP_ALGORITHM__WRAP_ALGORITHM_RSA_OAEP_SHA256
+                       : HSMVAULT__V1__WRAP_ALGORITHM__WRAP_ALGORITHM_RSA_OAEP_SHA1;
+    db->kek_id = kek->id;
+}
+
 kv_result vault_wrap_dek(vault *v, const KeyRecord *kek, const uint8_t *dek, size_t dek_len,
                          DatabaseRecord *db)
 {
     uint8_t *ct = NULL;
     size_t ct_len = 0;
-    int sha256 = v->wrap_hash == HSM_OAEP_SHA256;
-    KV_GUARD(rsa_oaep_encrypt(kek->spki_der.data, kek->spki_der.len, sha256, dek, dek_len, &ct,
-                              &ct_len));
-    db->wrapped_dek.data = ct;
-    db->wrapped_dek.len = ct_len;
-    db->wrap_alg = sha256 ? HSMVAULT__V1__WRAP_ALGORITHM__WRAP_ALGORITHM_RSA_OAEP_SHA256
-                          : HSMVAULT__V1__WRAP_ALGORITHM__WRAP_ALGORITHM_RSA_OAEP_SHA1;
-    db->kek_id = kek->id;
+    KV_GUARD(rsa_oaep_encrypt(kek->spki_der.data, kek->spki_der.len,
+                              v->wrap_hash == HSM_OAEP_SHA256, dek, dek_len, &ct, &ct_len));
+    vault_set_wrapped(v, kek, ct, ct_len, db);
     return KV_SUCCESS;
 }
 
@@ -100,6 +109,73 @@ out:
     return r;
 }
 
+/* The token work of a re-wrap, shared by a few threads: each DEK is
+ * unwrapped in the token under its current key and wrapped in software under
+ * the new one.  One token session is left to the RPC workers so storage nodes
+ * keep being answered during an activation. */
+typedef struct {
+    vault *v;
+    const KeyRecord *new_kek;
+    const rsa_pub *new_pub;     /* new_kek's public key, parsed once */
+    const KeyRecord **olds;     /* per item: its current key, NULL if already under new_kek */
+    const DatabaseRecord **dbs; /* per item */
+    DatabaseRecord *fresh;      /* per item: the result */
+    size_t n;
+    atomic_size_t next;
+    atomic_bool failed;
+    pthread_mutex_t mu;
+    kv_error_record err; /* the first failure, re-raised by the caller */
+} vault_rewrap_work;
+
+static void *vault_rewrap_worker(void *arg)
+{
+    vault_rewrap_work *w = arg;
+    for (;;) {
+        size_t i = atomic_fetch_add(&w->next, 1);
+        if (i >= w->n || atomic_load(&w->failed)) break;
+        if (w->olds[i] == NULL) continue;
+        kv_secret dek = KV_SECRET_INIT;
+        kv_result r = vault_unwrap_dek(w->v, w->olds[i], w->dbs[i], &dek);
+        uint8_t *ct = NULL;
+        size_t ct_len = 0;
+        if (kv_ok(r))
+            r = rsa_pub_encrypt(w->new_pub, w->v->wrap_hash == HSM_OAEP_SHA256, dek.data, dek.len,
+                                &ct, &ct_len);
+        if (kv_ok(r)) vault_set_wrapped(w->v, w->new_kek, ct, ct_len, &w->fresh[i]);
+        kv_secret_free(&dek);
+        if (kv_failed(r)) {
+            pthread_mutex_lock(&w->mu);
+            if (!atomic_exchange(&w->failed, true)) kv_error_save(&w->err);
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        w->fresh[i].kek_id = w->new_kek->id;
+    }
+    return NULL;
+}
+
+static kv_result vault_rewrap_parallel(vault_rewrap_work *w)
+{
+    unsigned sessions = hsm_session_count(w->v->hsm);
+    unsigned n_threads = sessions > 1 ? sessions - 1 : 1;
+    if (n_threads > 16) n_threads = 16;
+    if (n_threads > w->n) n_threads = w->n > 0 ? (unsigned)w->n : 1;
+    pthread_t th[16];
+    unsigned started = 0;
+    pthread_mutex_init(&w->mu, NULL);
+    for (unsigned i = 1; i < n_threads; i++)
+        if (pthread_create(&th[started], NULL, vault_rewrap_worker, w) == 0) started++;
+    vault_rewrap_worker(w); /* this thread works too */
+    for (unsigned i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    pthread_mutex_destroy(&w->mu);
+    if (atomic_load(&w->failed)) {
+        kv_error_restore(&w->err);
+        return KV_FAILURE;
+    }
+    return KV_SUCCESS;
+}
+
 kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord *new_kek,
                                    Hsmvault__V1__Encryption encryption)
 {
@@ -108,6 +184,8 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
     KeyRecord *kek_cache[8] = {0};
     size_t n_cache = 0;
     DatabaseRecord *fresh = NULL;
+    const KeyRecord **olds = NULL;
+    rsa_pub *pub = NULL;
     kv_secret dek = KV_SECRET_INIT;
     kv_secret check = KV_SECRET_INIT;
     store_txn *t = NULL;
@@ -123,16 +201,22 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
                                 &hsmvault__store__database_record__descriptor, NULL, NULL, &list),
                   r, out);
     fresh = calloc(list.n ? list.n : 1, sizeof(*fresh));
-    KV_ENSURE_GOTO(fresh != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED, "out of memory re-wrapping");
+    olds = calloc(list.n ? list.n : 1, sizeof(*olds));
+    KV_ENSURE_GOTO(fresh != NULL && olds != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
+                   "out of memory re-wrapping");
+    /* Which key each DEK is under now (looked up once per key). */
     for (size_t i = 0; i < list.n; i++) {
         const DatabaseRecord *db = (DatabaseRecord *)list.items[i];
+        fresh[i] = *db;
+        fresh[i].wrapped_dek.data = NULL;
+        fresh[i].wrapped_dek.len = 0;
         if (strcmp(db->kek_id, new_kek->id) == 0) {
             /* Already under the new key (a resumed activation): keep as is. */
-            fresh[i] = *db;
             fresh[i].wrapped_dek.data = malloc(db->wrapped_dek.len ? db->wrapped_dek.len : 1);
             KV_ENSURE_GOTO(fresh[i].wrapped_dek.data != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
                            "out of memory re-wrapping");
             memcpy(fresh[i].wrapped_dek.data, db->wrapped_dek.data, db->wrapped_dek.len);
+            fresh[i].wrapped_dek.len = db->wrapped_dek.len;
             continue;
         }
         const KeyRecord *old = vault_find_cached(kek_cache, n_cache, db->kek_id);
@@ -143,30 +227,30 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
                           out);
             old = kek_cache[n_cache++];
         }
-        KV_GUARD_GOTO(vault_unwrap_dek(v, old, db, &dek), r, out);
+        olds[i] = old;
         if (first_changed == SIZE_MAX) first_changed = i;
-        fresh[i] = *db;
-        fresh[i].wrapped_dek.data = NULL;
-        fresh[i].wrapped_dek.len = 0;
-        KV_GUARD_GOTO(vault_wrap_dek(v, new_kek, dek.data, dek.len, &fresh[i]), r, out);
-        fresh[i].kek_id = new_kek->id;
-        kv_secret_free(&dek);
     }
+    store_read_end(t);
+    t = NULL;
+    vault_rewrap_work w = {.v = v,
+                           .new_kek = new_kek,
+                           .olds = olds,
+                           .dbs = (const DatabaseRecord **)(void *)list.items,
+                           .fresh = fresh,
+                           .n = list.n};
+    KV_GUARD_GOTO(rsa_pub_open(new_kek->spki_der.data, new_kek->spki_der.len, &pub), r, out);
+    w.new_pub = pub;
+    KV_GUARD_GOTO(vault_rewrap_parallel(&w), r, out);
     /* Prove the new wrapping before committing it: the first re-wrapped DEK
      * must unwrap under the new key in the token to the same bytes. */
     if (first_changed < list.n) {
         const DatabaseRecord *db0 = (const DatabaseRecord *)list.items[first_changed];
-        const KeyRecord *old = vault_find_cached(kek_cache, n_cache, db0->kek_id);
-        KV_ENSURE_GOTO(old != NULL, r, out, KV_ERR_INTERNAL, "re-wrap lost the key of database %s",
-                       db0->id);
-        KV_GUARD_GOTO(vault_unwrap_dek(v, old, db0, &dek), r, out);
+        KV_GUARD_GOTO(vault_unwrap_dek(v, olds[first_changed], db0, &dek), r, out);
         KV_GUARD_GOTO(vault_unwrap_dek(v, new_kek, &fresh[first_changed], &check), r, out);
         KV_ENSURE_GOTO(check.len == dek.len && kv_ct_equal(check.data, dek.data, dek.len), r, out,
                        KV_ERR_INTERNAL,
                        "re-wrapped DEK of database %s does not match; nothing changed", db0->id);
     }
-    store_read_end(t);
-    t = NULL;
     vault_rewrap_ctx c = {.env_id = env_id,
                           .new_kek_id = new_kek->id,
                           .encryption = encryption,
@@ -177,15 +261,17 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
         KV_LOG_INFO("environment %s: %zu DEKs re-wrapped under key %s", env_id, list.n,
                     new_kek->id);
 out:
+    store_read_end(t);
     kv_secret_free(&dek);
     kv_secret_free(&check);
     if (env != NULL) kv_pb_free(&env->base);
-    store_read_end(t);
     for (size_t i = 0; i < n_cache; i++)
         kv_pb_free(&kek_cache[i]->base);
     for (size_t i = 0; fresh != NULL && i < list.n; i++)
         free(fresh[i].wrapped_dek.data);
     free(fresh);
+    free(olds);
+    rsa_pub_free(pub);
     store_list_free(&list);
     return r;
 }

@@ -561,21 +561,44 @@ static kv_result spki_parse(const uint8_t *spki, size_t spki_len, EVP_PKEY **out
     return KV_SUCCESS;
 }
 
-kv_result rsa_oaep_encrypt(const uint8_t *spki, size_t spki_len, int sha256, const uint8_t *msg,
-                           size_t msg_len, uint8_t **ct, size_t *ct_len)
+struct rsa_pub {
+    EVP_PKEY *key;
+};
+
+kv_result rsa_pub_open(const uint8_t *spki, size_t spki_len, rsa_pub **out)
 {
     EVP_PKEY *k = NULL;
     KV_GUARD(spki_parse(spki, spki_len, &k));
+    if (EVP_PKEY_get_base_id(k) != EVP_PKEY_RSA) {
+        EVP_PKEY_free(k);
+        KV_BAIL(KV_ERR_INVALID_ARGUMENT, "the key is not an RSA key");
+    }
+    rsa_pub *p = malloc(sizeof(*p));
+    if (p == NULL) {
+        EVP_PKEY_free(k);
+        KV_BAIL(KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    p->key = k;
+    *out = p;
+    return KV_SUCCESS;
+}
+
+void rsa_pub_free(rsa_pub *p)
+{
+    if (p == NULL) return;
+    EVP_PKEY_free(p->key);
+    free(p);
+}
+
+kv_result rsa_pub_encrypt(const rsa_pub *pub, int sha256, const uint8_t *msg, size_t msg_len,
+                          uint8_t **ct, size_t *ct_len)
+{
     kv_result r = KV_SUCCESS;
-    EVP_PKEY_CTX *c = NULL;
     uint8_t *buf = NULL;
     size_t n = 0;
-    if (EVP_PKEY_get_base_id(k) != EVP_PKEY_RSA) {
-        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "the key is not an RSA key");
-        goto out;
-    }
     const EVP_MD *md = sha256 ? EVP_sha256() : EVP_sha1();
-    c = EVP_PKEY_CTX_new(k, NULL);
+    /* A context per call: the key is shared between threads, contexts are not. */
+    EVP_PKEY_CTX *c = EVP_PKEY_CTX_new(pub->key, NULL);
     if (c == NULL || EVP_PKEY_encrypt_init(c) <= 0 ||
         EVP_PKEY_CTX_set_rsa_padding(c, RSA_PKCS1_OAEP_PADDING) <= 0 ||
         EVP_PKEY_CTX_set_rsa_oaep_md(c, md) <= 0 || EVP_PKEY_CTX_set_rsa_mgf1_md(c, md) <= 0 ||
@@ -594,7 +617,16 @@ kv_result rsa_oaep_encrypt(const uint8_t *spki, size_t spki_len, int sha256, con
     *ct_len = n;
 out:
     EVP_PKEY_CTX_free(c);
-    EVP_PKEY_free(k);
+    return r;
+}
+
+kv_result rsa_oaep_encrypt(const uint8_t *spki, size_t spki_len, int sha256, const uint8_t *msg,
+                           size_t msg_len, uint8_t **ct, size_t *ct_len)
+{
+    rsa_pub *p = NULL;
+    KV_GUARD(rsa_pub_open(spki, spki_len, &p));
+    kv_result r = rsa_pub_encrypt(p, sha256, msg, msg_len, ct, ct_len);
+    rsa_pub_free(p);
     return r;
 }
 

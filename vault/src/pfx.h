@@ -47,6 +47,14 @@ KV_RESULT key_fingerprint(const uint8_t *spki_der, size_t spki_len,
 KV_RESULT rsa_oaep_encrypt(const uint8_t *spki_der, size_t spki_len, int sha256, const uint8_t *msg,
                            size_t msg_len, uint8_t **ct, size_t *ct_len);
 
+/* The same with the public key parsed once (re-wrapping many DEKs under one
+ * key); an rsa_pub may be shared by threads. */
+typedef struct rsa_pub rsa_pub;
+KV_RESULT rsa_pub_open(const uint8_t *spki_der, size_t spki_len, rsa_pub **out);
+KV_RESULT rsa_pub_encrypt(const rsa_pub *pub, int sha256, const uint8_t *msg, size_t msg_len,
+                          uint8_t **ct, size_t *ct_len);
+void rsa_pub_free(rsa_pub *pub);
+
 /* Bits of the RSA key in an SPKI, or an error if it is not RSA. */
 KV_RESULT spki_rsa_bits(const uint8_t *spki_der, size_t spki_len, unsigned *bits);
 
