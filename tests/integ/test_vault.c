@@ -279,7 +279,8 @@ static void make_fixtures(void)
 
 /* ---- the scenario ---------------------------------------------------------- */
 
-static void test_start_and_whoami(void)
+/* Starts vaultd on the test's state and opens a client per dev principal. */
+static void start_all(void)
 {
     CHECK(vaultd_proc_start(&vd, state));
     op = vaultd_proc_client(&vd, "operator");
@@ -287,6 +288,23 @@ static void test_start_and_whoami(void)
     ea = vaultd_proc_client(&vd, "environment-admin");
     sn = vaultd_proc_client(&vd, "storage-node");
     au = vaultd_proc_client(&vd, "auditor");
+    CHECK(op && ta && ea && sn && au);
+}
+
+/* Closes every open client and stops vaultd cleanly (exit status 0). */
+static void stop_all(void)
+{
+    vc **all[] = {&op, &ta, &ea, &sn, &au};
+    for (size_t i = 0; i < KV_ARRAY_LEN(all); i++) {
+        vc_close(*all[i]);
+        *all[i] = NULL;
+    }
+    CHECK(vaultd_proc_stop(&vd) == 0);
+}
+
+static void test_start_and_whoami(void)
+{
+    start_all();
     CHECK(op && ta && ea && sn && au);
 
     Hsmvault__V1__WhoAmIRequest req = HSMVAULT__V1__WHO_AM_IREQUEST__INIT;
@@ -806,9 +824,7 @@ static hsm *open_token_directly(void)
 static void test_restart_and_reconcile(void)
 {
     /* Clean stop (SIGTERM): exit status 0. */
-    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
-    op = ta = ea = sn = au = NULL;
-    CHECK(vaultd_proc_stop(&vd) == 0);
+    stop_all();
 
     /* With vaultd down: every private key in the token is sensitive and
      * never extractable; plant an orphan with the vault's label prefix (as a
@@ -1079,12 +1095,7 @@ static bool token_has_key(const char *key_id)
  * DEK bytes again; a locked environment left for 28 days is deleted. */
 static void test_lock_unlock(void)
 {
-    CHECK(vaultd_proc_start(&vd, state));
-    op = vaultd_proc_client(&vd, "operator");
-    ta = vaultd_proc_client(&vd, "tenant-admin");
-    ea = vaultd_proc_client(&vd, "environment-admin");
-    sn = vaultd_proc_client(&vd, "storage-node");
-    au = vaultd_proc_client(&vd, "auditor");
+    start_all();
 
     /* A key change now (a newly generated key) blocks the lock for 72 h. */
     Hsmvault__V1__GenerateKeyRequest g = HSMVAULT__V1__GENERATE_KEY_REQUEST__INIT;
@@ -1187,9 +1198,7 @@ static void test_lock_unlock(void)
     kv_pb_free(gr ? &gr->base : NULL);
 
     /* And all of it survives a restart. */
-    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
-    op = ta = ea = sn = au = NULL;
-    CHECK(vaultd_proc_stop(&vd) == 0);
+    stop_all();
     CHECK(vaultd_proc_start(&vd, state));
     sn = vaultd_proc_client(&vd, "storage-node");
     CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
@@ -1217,12 +1226,7 @@ static void test_lock_crash(void)
     vd.pid = 0;
     vc_close(op), vc_close(ta);
 
-    CHECK(vaultd_proc_start(&vd, state));
-    op = vaultd_proc_client(&vd, "operator");
-    ta = vaultd_proc_client(&vd, "tenant-admin");
-    ea = vaultd_proc_client(&vd, "environment-admin");
-    sn = vaultd_proc_client(&vd, "storage-node");
-    au = vaultd_proc_client(&vd, "auditor");
+    start_all();
     CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_LOCKED);
     CHECK(!token_has_key(key_gen));
     CHECK_ERR(unwrap_same(sn, env_prod, db_prod, dek_prod), KV_ERR_FAILED_PRECONDITION);
@@ -1230,9 +1234,7 @@ static void test_lock_crash(void)
     CHECK_OK(unlock_key(ta, tenant, key_gen, "generated.pfx"));
     CHECK_OK(unlock_env(ea, env_prod));
     CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
-    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
-    op = ta = ea = sn = au = NULL;
-    CHECK(vaultd_proc_stop(&vd) == 0);
+    stop_all();
     char log[512];
     snprintf(log, sizeof(log), "%s.log", state);
     CHECK(kv_test_sh("grep -q 'its key is locked or deleted' %s", log) == 0);
@@ -1272,12 +1274,7 @@ static kv_result reset_env(vc *c, const char *env, const char *confirm)
  * replaces every DEK and returns the environment to the service key. */
 static void test_restore_copy_reset(void)
 {
-    CHECK(vaultd_proc_start(&vd, state));
-    op = vaultd_proc_client(&vd, "operator");
-    ta = vaultd_proc_client(&vd, "tenant-admin");
-    ea = vaultd_proc_client(&vd, "environment-admin");
-    sn = vaultd_proc_client(&vd, "storage-node");
-    au = vaultd_proc_client(&vd, "auditor");
+    start_all();
     char qa[64] = "", qa_db[64] = "";
     CHECK_OK(
         create_env(op, tenant, "qa", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX, qa));
@@ -1351,9 +1348,7 @@ static void test_restore_copy_reset(void)
     CHECK_OK(transfer(copy, env_prod, qa, &allowed, reason, sizeof(reason)));
     CHECK(!allowed); /* qa is on the service key now */
     CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
-    vc_close(op), vc_close(ta), vc_close(ea), vc_close(sn), vc_close(au);
-    op = ta = ea = sn = au = NULL;
-    CHECK(vaultd_proc_stop(&vd) == 0);
+    stop_all();
 }
 
 int main(void)
