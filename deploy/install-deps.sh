@@ -6,7 +6,8 @@ set -eu
 
 PACKAGES="build-essential cmake pkg-config ca-certificates openssl
 libssl-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler liblmdb-dev
-libp11-dev libp11-kit-dev libcmocka-dev softhsm2 opensc"
+libp11-dev libp11-kit-dev libcmocka-dev libcurl4-openssl-dev softhsm2 opensc
+python3 python3-aiosmtpd"
 
 missing=""
 for p in $PACKAGES; do

@@ -1351,6 +1351,38 @@ static void test_restore_copy_reset(void)
     stop_all();
 }
 
+/* Every key change of the scenario was mailed to the tenant's admin contacts
+ * (vaultd --dev delivers into <state>/maildir/new). */
+static void test_notifications_maildir(void)
+{
+    char dir[400];
+    snprintf(dir, sizeof(dir), "%s/maildir/new", state);
+    const char *changes[] = {"was generated and is active as the tenant's first key",
+                             "was uploaded; it is available",
+                             "a key was activated: key",
+                             "an activation was ROLLED BACK",
+                             "the tenant was LOCKED with key",
+                             "was unlocked and is active again",
+                             "is now encrypted with the tenant key",
+                             "was returned to the service key",
+                             "was unlocked; its data is readable again"};
+    for (size_t i = 0; i < KV_ARRAY_LEN(changes); i++) {
+        int rc = kv_test_sh("grep -h '^What: ' %s/*.hsmvault | grep -q -F \"%s\"", dir, changes[i]);
+        CHECK(rc == 0);
+        if (rc != 0) fprintf(stderr, "no notification says: %s\n", changes[i]);
+    }
+    /* Recipients, sender, who and when, and no secret. */
+    CHECK(kv_test_sh("grep -l 'To: secops@example.com, dba@example.com' %s/*.hsmvault | grep -q .",
+                     dir) == 0);
+    CHECK(
+        kv_test_sh("grep -l 'Who:  spiffe://hsmvault.dev/tenant-admin-2' %s/*.hsmvault | grep -q .",
+                   dir) == 0);
+    CHECK(kv_test_sh("grep -q 'When: 20' %s/*.hsmvault", dir) == 0);
+    CHECK(kv_test_sh("! grep -l -F '" PASSWORD "' %s/*.hsmvault", dir) == 0);
+    /* Tenant 3 never had a key change: no message went to it. */
+    CHECK(kv_test_sh("! grep -l 'tenant northwind' %s/*.hsmvault", dir) == 0);
+}
+
 int main(void)
 {
     rpc_client_global_init();
@@ -1373,6 +1405,7 @@ int main(void)
         RUN(test_lock_unlock);
         RUN(test_lock_crash);
         RUN(test_restore_copy_reset);
+        RUN(test_notifications_maildir);
     }
     if (vd.pid > 0) vaultd_proc_kill(&vd);
     int rc = kv_test_finish();

@@ -15,3 +15,7 @@ kv_add_test(NAME integ_roles LABEL integ SOURCES integ/test_roles.c integ/vaultd
             LIBS client client_rpc vault proto PkgConfig::OPENSSL TIMEOUT 300)
 target_include_directories(integ_roles PRIVATE integ)
 add_dependencies(integ_roles vaultd)
+
+# Notifications over SMTP to a real relay (python3-aiosmtpd) on loopback.
+add_test(NAME integ_notify COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integ/test_notify.sh)
+set_tests_properties(integ_notify PROPERTIES LABELS integ TIMEOUT 300 ENVIRONMENT "${HSMVAULT_TEST_ENV}")

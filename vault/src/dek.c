@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kv_clock.h"
 #include "kv_log.h"
 #include "kv_pb.h"
 #include "pfx.h"
@@ -77,8 +78,9 @@ typedef struct {
     const char *env_id;
     const char *new_kek_id;
     Hsmvault__V1__Encryption encryption;
-    store_list *old;       /* DatabaseRecords as read */
-    DatabaseRecord *fresh; /* re-wrapped, same order */
+    store_list *old;        /* DatabaseRecords as read */
+    DatabaseRecord *fresh;  /* re-wrapped, same order */
+    const char *changed_by; /* apply/return: who, for the notification; NULL: none */
 } vault_rewrap_ctx;
 
 static const KeyRecord *vault_find_cached(KeyRecord *const *cache, size_t n, const char *id)
@@ -104,6 +106,20 @@ static kv_result vault_rewrap_commit(store_txn *t, void *arg)
     env->encryption = c->encryption;
     r = store_put(t, STORE_ENVIRONMENTS, env->id, &env->base);
     env->kek_id = own_kek_id;
+    if (kv_ok(r) && c->changed_by != NULL) {
+        TenantRecord *tr = NULL;
+        KV_GUARD_GOTO(vault_get_tenant(t, env->tenant_id, &tr), r, out);
+        char change[512];
+        if (c->encryption == HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED)
+            snprintf(change, sizeof(change),
+                     "environment %s (%s) is now encrypted with the tenant key %s", env->name,
+                     env->id, c->new_kek_id);
+        else
+            snprintf(change, sizeof(change), "environment %s (%s) was returned to the service key",
+                     env->name, env->id);
+        r = vault_notify(t, tr, change, c->changed_by, kv_clock_now());
+        kv_pb_free(&tr->base);
+    }
 out:
     kv_pb_free(&env->base);
     return r;
@@ -177,7 +193,7 @@ static kv_result vault_rewrap_parallel(vault_rewrap_work *w)
 }
 
 kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord *new_kek,
-                                   Hsmvault__V1__Encryption encryption)
+                                   Hsmvault__V1__Encryption encryption, const char *changed_by)
 {
     store_list list = {0};
     size_t first_changed = SIZE_MAX; /* first DEK not yet under new_kek */
@@ -255,7 +271,8 @@ kv_result vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord
                           .new_kek_id = new_kek->id,
                           .encryption = encryption,
                           .old = &list,
-                          .fresh = fresh};
+                          .fresh = fresh,
+                          .changed_by = changed_by};
     r = store_update(v->store, vault_rewrap_commit, &c);
     if (kv_ok(r))
         KV_LOG_INFO("environment %s: %zu DEKs re-wrapped under key %s", env_id, list.n,

@@ -71,6 +71,7 @@ static kv_result vault_rpc_advance_clock_impl(vault *v, const rpc_ctx *ctx,
     Hsmvault__V1__AdvanceClockResponse resp = HSMVAULT__V1__ADVANCE_CLOCK_RESPONSE__INIT;
     /* Timers that expired under the moved clock act now, not a minute later. */
     KV_GUARD(vault_sweep(v));
+    vault_notifier_kick(v->notifier);
     resp.now = kv_clock_now();
     resp.offset = kv_clock_offset();
     return vault_reply(reply, &resp.base, false);

@@ -161,7 +161,7 @@ static kv_result vault_env_move(vault *v, const rpc_ctx *ctx, const EnvironmentR
     kv_result r = vault_get_key(t, e->tenant_id, kek_id, &kek);
     store_read_end(t);
     KV_GUARD(r);
-    r = vault_rewrap_environment(v, e->id, kek, enc);
+    r = vault_rewrap_environment(v, e->id, kek, enc, ctx->principal);
     if (kv_ok(r)) r = store_read_begin(v->store, &t);
     if (kv_ok(r)) {
         r = vault_get_environment(t, e->id, &after);

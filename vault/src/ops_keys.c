@@ -111,6 +111,18 @@ static kv_result vault_add_key_commit(store_txn *t, void *arg)
         tr->last_key_change_at = c->key->created_at;
         r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
     }
+    if (kv_ok(r)) {
+        char change[512], fp[17] = "";
+        for (size_t i = 0; i < 8 && i < c->key->fingerprint.len; i++)
+            snprintf(fp + 2 * i, 3, "%02x", c->key->fingerprint.data[i]);
+        snprintf(change, sizeof(change), "key %s (%s, fingerprint %s...) was %s%s", c->key->name,
+                 c->key->id, fp,
+                 c->key->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED ? "generated"
+                                                                                  : "uploaded",
+                 c->activated ? " and is active as the tenant's first key"
+                              : "; it is available, not active");
+        r = vault_notify(t, tr, change, c->key->created_by, c->key->created_at);
+    }
     kv_pb_free(&tr->base);
     return r;
 }
@@ -436,7 +448,8 @@ static kv_result vault_activate_finish_commit(store_txn *t, void *arg)
     char *own_active = tr->active_key_id, *own_installing = tr->installing_key_id,
          *own_prev = tr->previous_active_key_id, *own_last_by = tr->last_activated_by,
          *own_by = tr->installing_by;
-    tr->previous_active_key_id = tr->installing_is_rollback ? "" : own_active;
+    bool rollback = tr->installing_is_rollback;
+    tr->previous_active_key_id = rollback ? "" : own_active;
     tr->last_activated_by = own_by;
     tr->active_key_id = nk->id;
     tr->installing_key_id = "";
@@ -450,6 +463,14 @@ static kv_result vault_activate_finish_commit(store_txn *t, void *arg)
     tr->previous_active_key_id = own_prev;
     tr->last_activated_by = own_last_by;
     tr->installing_by = own_by;
+    if (kv_ok(r)) {
+        char change[512];
+        snprintf(change, sizeof(change), "%s: key %s (%s) is now the active key%s%s%s",
+                 rollback ? "an activation was ROLLED BACK" : "a key was activated", nk->name,
+                 nk->id, old != NULL ? "; the previous active key " : "",
+                 old != NULL ? old->id : "", old != NULL ? " is available" : "");
+        r = vault_notify(t, tr, change, own_by, c->now);
+    }
 out:
     kv_pb_free(&tr->base);
     if (nk != NULL) kv_pb_free(&nk->base);
@@ -484,9 +505,10 @@ static kv_result vault_activate_finish(vault *v, const char *tenant_id, const ch
     KV_GUARD_GOTO(r, r, out);
     for (size_t i = 0; i < envs.n; i++) {
         const EnvironmentRecord *e = (const EnvironmentRecord *)envs.items[i];
-        KV_GUARD_GOTO(vault_rewrap_environment(
-                          v, e->id, nk, HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED),
-                      r, out);
+        KV_GUARD_GOTO(
+            vault_rewrap_environment(v, e->id, nk,
+                                     HSMVAULT__V1__ENCRYPTION__ENCRYPTION_CUSTOMER_MANAGED, NULL),
+            r, out);
         vault_test_crash_point(v, "activation-rewrap");
     }
     vault_activate_ctx c = {

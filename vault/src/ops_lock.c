@@ -110,6 +110,7 @@ typedef struct {
     const char *tenant_id;
     const uint8_t *fingerprint;
     const char *confirmation;
+    const char *principal;
     int64_t now;
     /* out */
     store_list locked_envs; /* EnvironmentRecords as locked */
@@ -202,6 +203,15 @@ static kv_result vault_lock_commit(store_txn *t, void *arg)
     tr->active_key_id = own_active;
     tr->previous_active_key_id = own_prev;
     tr->locked_key_id = own_locked;
+    if (kv_ok(r)) {
+        char change[512];
+        snprintf(
+            change, sizeof(change),
+            "the tenant was LOCKED with key %s: %zu customer-managed environments are locked and "
+            "unreadable, the active and available keys were deleted from the HSM",
+            c->locked_key_id, c->locked_envs.n);
+        r = vault_notify(t, tr, change, c->principal, c->now);
+    }
 out:
     store_list_free(&keys);
     if (ak != NULL) kv_pb_free(&ak->base);
@@ -229,6 +239,7 @@ static kv_result vault_rpc_lock_tenant_impl(vault *v, const rpc_ctx *ctx,
                         .tenant_id = req->tenant_id,
                         .fingerprint = fp,
                         .confirmation = req->confirmation,
+                        .principal = ctx->principal,
                         .now = kv_clock_now()};
     pthread_mutex_lock(&v->lifecycle);
     r = store_update(v->store, vault_lock_commit, &c);
@@ -267,6 +278,7 @@ typedef struct {
     const char *key_id;
     const uint8_t *fingerprint;
     const hsm_key_id *new_hsm_id;
+    const char *principal;
     int64_t now;
 } vault_unlock_ctx;
 
@@ -317,6 +329,14 @@ static kv_result vault_unlock_key_commit(store_txn *t, void *arg)
     r = store_put(t, STORE_TENANTS, tr->id, &tr->base);
     tr->active_key_id = own_active;
     tr->locked_key_id = own_locked;
+    if (kv_ok(r)) {
+        char change[512];
+        snprintf(change, sizeof(change),
+                 "key %s was unlocked and is active again; locked environments stay locked until "
+                 "each is unlocked",
+                 k->id);
+        r = vault_notify(t, tr, change, c->principal, c->now);
+    }
 out:
     if (k != NULL) kv_pb_free(&k->base);
     kv_pb_free(&tr->base);
@@ -341,6 +361,7 @@ static kv_result vault_rpc_unlock_key_impl(vault *v, const rpc_ctx *ctx,
                           .tenant_id = req->tenant_id,
                           .key_id = req->key_id,
                           .fingerprint = fp,
+                          .principal = ctx->principal,
                           .now = kv_clock_now()};
     hsm_key_id hid;
     bool imported = false;
@@ -380,7 +401,7 @@ static kv_result vault_rpc_unlock_key_impl(vault *v, const rpc_ctx *ctx,
 
 typedef struct {
     const char *env_id;
-    const char *tenant_id;
+    const char *principal;
 } vault_env_unlock_ctx;
 
 static kv_result vault_unlock_env_commit(store_txn *t, void *arg)
@@ -402,6 +423,15 @@ static kv_result vault_unlock_env_commit(store_txn *t, void *arg)
     e->state = HSMVAULT__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ACTIVE;
     e->locked_at = 0;
     r = store_put(t, STORE_ENVIRONMENTS, e->id, &e->base);
+    if (kv_ok(r)) {
+        TenantRecord *tr = NULL;
+        KV_GUARD_GOTO(vault_get_tenant(t, e->tenant_id, &tr), r, out);
+        char change[512];
+        snprintf(change, sizeof(change),
+                 "environment %s (%s) was unlocked; its data is readable again", e->name, e->id);
+        r = vault_notify(t, tr, change, c->principal, kv_clock_now());
+        kv_pb_free(&tr->base);
+    }
 out:
     if (k != NULL) kv_pb_free(&k->base);
     kv_pb_free(&e->base);
@@ -429,7 +459,7 @@ vault_rpc_unlock_environment_impl(vault *v, const rpc_ctx *ctx,
     if (e != NULL) kv_pb_free(&e->base);
     e = NULL;
     KV_GUARD(r);
-    vault_env_unlock_ctx c = {.env_id = req->environment_id};
+    vault_env_unlock_ctx c = {.env_id = req->environment_id, .principal = ctx->principal};
     pthread_mutex_lock(&v->lifecycle);
     r = store_update(v->store, vault_unlock_env_commit, &c);
     pthread_mutex_unlock(&v->lifecycle);

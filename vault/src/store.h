@@ -8,6 +8,7 @@
  *   databases    <environment_id>/<database_id> DatabaseRecord
  *   principals   <principal>                    PrincipalRecord
  *   meta         schema_version, ...            raw bytes
+ *   outbox       <time>-<id>                    OutboxRecord (notifications to deliver)
  *
  * Every state change is one write transaction (store_update), committed on
  * the thread that began it; MDB_MAP_FULL grows the map and retries the whole
@@ -30,6 +31,7 @@ typedef enum {
     STORE_DATABASES,
     STORE_PRINCIPALS,
     STORE_META,
+    STORE_OUTBOX,
     STORE_TABLE_COUNT
 } store_table;
 

@@ -17,6 +17,7 @@
 #include "hsm.h"
 #include "kv_result.h"
 #include "rpc_server.h"
+#include "notify.h"
 #include "store.h"
 
 #include "hsmvault/store/records.pb-c.h"
@@ -49,6 +50,7 @@ typedef struct {
     int64_t lock_after_key_change;        /* no lock sooner than this after a key change */
     int64_t unlock_after_lock;            /* no unlock sooner than this after the lock */
     int64_t locked_environment_retention; /* a locked environment is deleted after this */
+    struct vault_notifier *notifier; /* delivers the outbox; may be NULL */
     bool test_hooks;         /* --dev only: Testing/AdvanceClock answers (non-release builds) */
     char clock_file[4096];   /* --dev: where the test clock offset persists across restarts */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
@@ -129,7 +131,7 @@ KV_RESULT vault_unwrap_dek(vault *v, const KeyRecord *kek, const DatabaseRecord 
  * any transaction, then one commit that also sets the environment's kek_id and
  * encryption).  Caller holds v->lifecycle. */
 KV_RESULT vault_rewrap_environment(vault *v, const char *env_id, const KeyRecord *new_kek,
-                                   Hsmvault__V1__Encryption encryption);
+                                   Hsmvault__V1__Encryption encryption, const char *changed_by);
 
 /* Replies with a tenant key as stored now. */
 KV_RESULT vault_reply_key(vault *v, const char *tenant_id, const char *key_id, rpc_reply *reply);

@@ -62,6 +62,12 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
         c->lease_seconds = (unsigned)n;
         return KV_SUCCESS;
     }
+    if (strcmp(key, "notify_smtp_url") == 0)
+        return kv_config_str(key, value, c->notify_smtp_url, sizeof(c->notify_smtp_url));
+    if (strcmp(key, "notify_from") == 0)
+        return kv_config_str(key, value, c->notify_from, sizeof(c->notify_from));
+    if (strcmp(key, "notify_maildir") == 0)
+        return kv_config_str(key, value, c->notify_maildir, sizeof(c->notify_maildir));
     if (strcmp(key, "lock_after_key_change") == 0)
         return kv_config_duration(key, value, 0, 365LL * 86400, &c->lock_after_key_change);
     if (strcmp(key, "unlock_after_lock") == 0)

@@ -25,6 +25,9 @@ typedef struct {
     unsigned lease_seconds;
     size_t max_message;
     int64_t activation_cooldown; /* seconds between two activations of a tenant's keys */
+    char notify_smtp_url[512]; /* SMTP relay for notifications */
+    char notify_from[256];
+    char notify_maildir[PATH_MAX]; /* deliver into a maildir instead (--dev default) */
     int64_t lock_after_key_change;
     int64_t unlock_after_lock;
     int64_t locked_environment_retention;

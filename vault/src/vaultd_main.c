@@ -68,6 +68,8 @@ static void usage(FILE *f)
         "                     (see docs/operations.md)\n"
         "  --workers N        worker threads (default 4)\n"
         "  --sessions N       token sessions in the pool (default: one per worker)\n"
+        "  --smtp URL         deliver key-change notifications to this SMTP relay\n"
+        "                     (smtp://host:port; --dev default: <state>/maildir)\n"
         "  --verbose          debug logging\n"
         "  --help             this text\n"
         "\n"
@@ -77,20 +79,16 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"dev", no_argument, NULL, 'd'},
-        {"state-dir", required_argument, NULL, 's'},
-        {"listen", required_argument, NULL, 'l'},
-        {"config", required_argument, NULL, 'c'},
-        {"workers", required_argument, NULL, 'w'},
-        {"sessions", required_argument, NULL, 'S'},
-        {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"dev", no_argument, NULL, 'd'},           {"state-dir", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'},  {"config", required_argument, NULL, 'c'},
+        {"workers", required_argument, NULL, 'w'}, {"sessions", required_argument, NULL, 'S'},
+        {"smtp", required_argument, NULL, 'm'},    {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     vaultd_config cfg;
     vaultd_config_defaults(&cfg);
     bool dev = false;
-    const char *config_path = NULL, *listen = NULL, *state_dir = NULL;
+    const char *config_path = NULL, *listen = NULL, *state_dir = NULL, *smtp = NULL;
     long workers = 0, sessions = 0;
     int ch;
     kv_log_set_ident("vaultd");
@@ -113,6 +111,9 @@ int main(int argc, char **argv)
             break;
         case 'S':
             sessions = strtol(optarg, NULL, 10);
+            break;
+        case 'm':
+            smtp = optarg;
             break;
         case 'v':
             kv_log_set_level(KV_LOG_DEBUG);
@@ -148,6 +149,7 @@ int main(int argc, char **argv)
     if (listen != NULL) snprintf(cfg.listen, sizeof(cfg.listen), "%s", listen);
     if (workers > 0) cfg.workers = (unsigned)workers;
     if (sessions > 0) cfg.sessions = (unsigned)sessions;
+    if (smtp != NULL) snprintf(cfg.notify_smtp_url, sizeof(cfg.notify_smtp_url), "%s", smtp);
     if (dev && kv_failed(vaultd_dev_prepare(&cfg))) goto fail;
     if (kv_failed(vaultd_config_check(&cfg))) goto fail;
 
@@ -177,6 +179,15 @@ int main(int argc, char **argv)
                             "activating the same key again");
     if (kv_failed(vault_sweep(&v)))
         kv_log_error_record(KV_LOG_ERROR, "deleting expired locked environments");
+    if (dev && cfg.notify_smtp_url[0] == '\0' && cfg.notify_maildir[0] == '\0' &&
+        snprintf(cfg.notify_maildir, sizeof(cfg.notify_maildir), "%s/maildir", cfg.state_dir) >=
+            (int)sizeof(cfg.notify_maildir)) {
+        kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__, "state directory path too long");
+        goto fail;
+    }
+    vault_notify_config nc = {
+        .smtp_url = cfg.notify_smtp_url, .from = cfg.notify_from, .maildir = cfg.notify_maildir};
+    if (kv_failed(vault_notifier_start(store, &nc, &v.notifier))) goto fail;
     if (cfg.bootstrap_operator[0] != '\0' &&
         kv_failed(vault_bind_role(&v, cfg.bootstrap_operator, HSMVAULT__V1__ROLE__ROLE_OPERATOR,
                                   NULL, NULL)))
@@ -230,6 +241,7 @@ fail_grpc:
     rpc_global_shutdown();
 fail:
     if (rc != 0) kv_log_error_record(KV_LOG_ERROR, "vaultd cannot start");
+    if (vault_ready) vault_notifier_stop(v.notifier);
     if (vault_ready) vault_fini(&v);
     store_close(store);
     hsm_close(h);
