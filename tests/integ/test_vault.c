@@ -9,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -1351,6 +1353,81 @@ static void test_restore_copy_reset(void)
     stop_all();
 }
 
+static atomic_int unwrap_stop, unwrap_ok, unwrap_failed;
+
+static void *unwrap_loop(void *arg)
+{
+    vc *c = arg;
+    while (!atomic_load(&unwrap_stop)) {
+        kv_secret dek = KV_SECRET_INIT;
+        uint32_t lease;
+        if (kv_ok(vc_database_key_unwrap(c, env_prod, db_prod, &dek, &lease)) && dek.len == 32 &&
+            memcmp(dek.data, dek_prod, 32) == 0)
+            atomic_fetch_add(&unwrap_ok, 1);
+        else
+            atomic_fetch_add(&unwrap_failed, 1);
+        kv_secret_free(&dek);
+    }
+    return NULL;
+}
+
+/* The malicious-administrator sequence of seeds 000/001: an admin generates
+ * a key, activates it (storage nodes keep unwrapping throughout the
+ * re-wrap), and tries to lock the tenant with it at once: refused for 72 h;
+ * another admin rolls the activation back; the lock with the rogue key is
+ * then refused for good (it is not the active key). */
+static void test_malicious_admin(void)
+{
+    start_all();
+    vc *ta2 = vaultd_proc_client(&vd, "tenant-admin-2");
+    vc *node2 = vaultd_proc_client(&vd, "storage-node");
+    CHECK_OK(advance_clock(op, 25 * 3600));
+    Hsmvault__V1__GenerateKeyRequest g = HSMVAULT__V1__GENERATE_KEY_REQUEST__INIT;
+    g.tenant_id = tenant;
+    g.name = "rogue";
+    g.password.data = (uint8_t *)PASSWORD;
+    g.password.len = strlen(PASSWORD);
+    Hsmvault__V1__GenerateKeyResponse *gr = NULL;
+    CHECK_OK(CALL(ta, M("TenantKeys", "GenerateKey"), g, generate_key_response, &gr));
+    char rogue[64] = "", path[512];
+    if (gr != NULL && gr->key != NULL) {
+        snprintf(rogue, sizeof(rogue), "%s", gr->key->id);
+        snprintf(path, sizeof(path), "%s/rogue.pfx", tmp);
+        CHECK_OK(kv_file_write_new(path, gr->pfx.data, gr->pfx.len, 0600));
+    }
+    kv_pb_free(gr ? &gr->base : NULL);
+
+    /* Activation with a storage node unwrapping all the while. */
+    pthread_t th;
+    atomic_store(&unwrap_stop, 0);
+    CHECK(pthread_create(&th, NULL, unwrap_loop, node2) == 0);
+    struct timespec pause = {0, 100 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+    CHECK_OK(activate(ta, tenant, rogue));
+    nanosleep(&pause, NULL);
+    atomic_store(&unwrap_stop, 1);
+    pthread_join(th, NULL);
+    CHECK(atomic_load(&unwrap_ok) > 0 && atomic_load(&unwrap_failed) == 0);
+
+    /* The lock comes at once: refused for 72 h after the key change. */
+    CHECK_OK(advance_clock(op, 3600));
+    CHECK_ERR(lock_tenant(ta, tenant, "rogue.pfx", "lock 1 environment of contoso", NULL),
+              KV_ERR_FAILED_PRECONDITION);
+    /* Another admin rolls the change back within the 72 h. */
+    CHECK_OK(roll_back(ta2, tenant));
+    CHECK(key_state(tenant, key_gen) == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE);
+    CHECK(key_state(tenant, rogue) == HSMVAULT__V1__KEY_STATE__KEY_STATE_AVAILABLE);
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    /* Later, the rogue key cannot lock the tenant: it is not the active key. */
+    CHECK_OK(advance_clock(op, 73 * 3600));
+    CHECK_ERR(lock_tenant(ta, tenant, "rogue.pfx", "lock 1 environment of contoso", NULL),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_OK(unwrap_same(sn, env_prod, db_prod, dek_prod));
+    vc_close(ta2);
+    vc_close(node2);
+    stop_all();
+}
+
 /* Every key change of the scenario was mailed to the tenant's admin contacts
  * (vaultd --dev delivers into <state>/maildir/new). */
 static void test_notifications_maildir(void)
@@ -1405,6 +1482,7 @@ int main(void)
         RUN(test_lock_unlock);
         RUN(test_lock_crash);
         RUN(test_restore_copy_reset);
+        RUN(test_malicious_admin);
         RUN(test_notifications_maildir);
     }
     if (vd.pid > 0) vaultd_proc_kill(&vd);
