@@ -3,7 +3,7 @@
  * C_Decrypt on the same token, measured in the same run.
  *
  *   build/tests/bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]
- *                            [--sessions N] [--workers N]
+ *                            [--sessions N] [--workers N] [--channels K]
  *
  * Starts a real vaultd --dev (default 4 workers, 4 token sessions) in a
  * temporary directory, creates D databases as the storage node, then:
@@ -51,15 +51,13 @@ static void *vault_worker(void *arg)
 
 int main(int argc, char **argv)
 {
-    int callers = 8, rounds = 3, sessions = 4, workers = 0;
+    int callers = 8, rounds = 3, sessions = 4, workers = 0, channels = 0;
     double seconds = 5;
-    static const struct option opts[] = {{"callers", required_argument, NULL, 'c'},
-                                         {"seconds", required_argument, NULL, 's'},
-                                         {"databases", required_argument, NULL, 'd'},
-                                         {"rounds", required_argument, NULL, 'r'},
-                                         {"sessions", required_argument, NULL, 'S'},
-                                         {"workers", required_argument, NULL, 'w'},
-                                         {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {
+        {"callers", required_argument, NULL, 'c'},   {"seconds", required_argument, NULL, 's'},
+        {"databases", required_argument, NULL, 'd'}, {"rounds", required_argument, NULL, 'r'},
+        {"sessions", required_argument, NULL, 'S'},  {"workers", required_argument, NULL, 'w'},
+        {"channels", required_argument, NULL, 'C'},  {NULL, 0, NULL, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (ch) {
@@ -81,14 +79,18 @@ int main(int argc, char **argv)
         case 'w':
             workers = atoi(optarg);
             break;
+        case 'C':
+            channels = atoi(optarg);
+            break;
         default:
             fprintf(stderr,
                     "usage: bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]\n"
-                    "                    [--sessions N] [--workers N]\n");
+                    "                    [--sessions N] [--workers N] [--channels K]\n");
             return 2;
         }
     }
     if (workers == 0) workers = sessions;
+    if (channels == 0 || channels > callers) channels = callers;
     if (sessions < 1 || sessions > 64 || workers < 1 || workers > 64 || callers < 1 ||
         callers > 256 || seconds <= 0 || rounds < 1 || rounds > 100 || n_dbs < 1 ||
         n_dbs > MAX_DBS) {
@@ -136,8 +138,11 @@ int main(int argc, char **argv)
     void *raw_args[64], *args[256];
     for (int i = 0; i < sessions; i++)
         raw_args[i] = &raw;
+    /* --channels K: the callers share K mTLS channels (default: one each). */
     for (int i = 0; i < callers; i++)
-        if ((args[i] = vaultd_proc_client(&vd, "storage-node")) == NULL) return 1;
+        if ((args[i] = i < channels ? vaultd_proc_client(&vd, "storage-node")
+                                    : args[i % channels]) == NULL)
+            return 1;
     /* Warm up both paths, then alternate them so drift in the machine's
      * speed hits both alike. */
     bench_run(sessions, bench_raw_worker, raw_args, 0.5, 0);
