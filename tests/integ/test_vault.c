@@ -336,6 +336,17 @@ static void test_tenants(void)
     CHECK_ERR(create_tenant(op, "", "sub-1", NULL), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(create_tenant(op, "x", "", NULL), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(create_tenant(op, "x", "bad sub/id", NULL), KV_ERR_INVALID_ARGUMENT);
+    /* An admin contact that would rewrite SMTP commands or mail headers. */
+    {
+        char *bad[] = {"a@example.com>,<evil@example.com"};
+        Hsmvault__V1__CreateTenantRequest req = HSMVAULT__V1__CREATE_TENANT_REQUEST__INIT;
+        req.name = "x";
+        req.subscription_id = "sub-x";
+        req.n_admin_contacts = 1;
+        req.admin_contacts = bad;
+        Hsmvault__V1__Tenant *t = NULL;
+        CHECK_ERR(CALL(op, M("Tenants", "CreateTenant"), req, tenant, &t), KV_ERR_INVALID_ARGUMENT);
+    }
     CHECK_ERR(create_tenant(ta, "mallory", "sub-2", NULL), KV_ERR_PERMISSION_DENIED);
     CHECK(strstr(kv_error_msg(), "tenant-admin") != NULL);
     CHECK_ERR(create_tenant(au, "mallory", "sub-2", NULL), KV_ERR_PERMISSION_DENIED);

@@ -113,6 +113,7 @@ static kv_result notify_smtp(const struct vault_notifier *n, const OutboxRecord 
     snprintf(from, sizeof(from), "<%s>", n->from);
     notify_upload u = {.data = text, .len = len};
     curl_easy_setopt(c, CURLOPT_URL, n->smtp_url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "smtp,smtps");
     curl_easy_setopt(c, CURLOPT_MAIL_FROM, from);
     curl_easy_setopt(c, CURLOPT_MAIL_RCPT, rcpt);
     curl_easy_setopt(c, CURLOPT_READFUNCTION, notify_read);
