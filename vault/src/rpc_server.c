@@ -26,6 +26,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
 #include <openssl/err.h>
@@ -782,8 +783,20 @@ int rpc_wait_signal(void)
     return sig;
 }
 
+/* gRPC's own log lines (handshake failures, bind errors) go through kv_log,
+ * escaped and on one line like every other vaultd line.  A failed client
+ * handshake is the client's problem: a warning, not an error. */
+static void rpc_grpc_log(gpr_log_func_args *a)
+{
+    kv_log_level level = a->severity == GPR_LOG_SEVERITY_ERROR  ? KV_LOG_WARN
+                         : a->severity == GPR_LOG_SEVERITY_INFO ? KV_LOG_INFO
+                                                                : KV_LOG_DEBUG;
+    kv_log(level, "grpc: %s", a->message != NULL ? a->message : "");
+}
+
 void rpc_global_init(void)
 {
+    gpr_set_log_function(rpc_grpc_log);
     grpc_init();
 }
 
