@@ -114,8 +114,8 @@ typedef struct {
     int64_t now;
     /* out */
     store_list locked_envs; /* EnvironmentRecords as locked */
-    hsm_key_id destroy[64]; /* token objects to destroy after the commit */
-    size_t n_destroy;
+    hsm_key_id *destroy;    /* token objects to destroy after the commit (every one: no cap) */
+    size_t n_destroy, cap_destroy;
     char locked_key_id[VAULT_ID_MAX];
 } vault_lock_ctx;
 
@@ -188,8 +188,16 @@ static kv_result vault_lock_commit(store_txn *t, void *arg)
         else
             continue;
         KV_GUARD_GOTO(vault_put_key(t, k), r, out);
-        if (k->hsm_id.len == HSM_KEY_ID_LEN && c->n_destroy < KV_ARRAY_LEN(c->destroy))
-            memcpy(c->destroy[c->n_destroy++].bytes, k->hsm_id.data, HSM_KEY_ID_LEN);
+        if (k->hsm_id.len != HSM_KEY_ID_LEN) continue;
+        if (c->n_destroy == c->cap_destroy) {
+            size_t cap = c->cap_destroy ? 2 * c->cap_destroy : 16;
+            hsm_key_id *p = realloc(c->destroy, cap * sizeof(*p));
+            KV_ENSURE_GOTO(p != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
+                           "out of memory locking the tenant");
+            c->destroy = p;
+            c->cap_destroy = cap;
+        }
+        memcpy(c->destroy[c->n_destroy++].bytes, k->hsm_id.data, HSM_KEY_ID_LEN);
     }
     snprintf(c->locked_key_id, sizeof(c->locked_key_id), "%s", ak->id);
     char *own_active = tr->active_key_id, *own_prev = tr->previous_active_key_id,
@@ -269,6 +277,7 @@ static kv_result vault_rpc_lock_tenant_impl(vault *v, const rpc_ctx *ctx,
         }
     }
     store_list_free(&c.locked_envs);
+    free(c.destroy);
     return r;
 }
 
