@@ -45,4 +45,25 @@ KV_RESULT vc_database_key_create(vc *c, const char *environment_id, const char *
 KV_RESULT vc_database_key_unwrap(vc *c, const char *environment_id, const char *database_id,
                                  kv_secret *dek, uint32_t *lease_seconds);
 
+/* Several calls in flight from one thread, on any clients (e.g. a storage
+ * node opening many databases at once): start calls, then collect each as it
+ * finishes.  A queue belongs to the thread that uses it. */
+typedef struct vc_queue vc_queue;
+KV_RESULT vc_queue_open(vc_queue **out);
+/* Cancels and collects what is still in flight, then frees the queue. */
+void vc_queue_close(vc_queue *q);
+size_t vc_queue_in_flight(const vc_queue *q);
+/* Starts req on c; its reply, unpacked as resp_desc, comes out of
+ * vc_queue_next with tag. */
+KV_RESULT vc_queue_call(vc_queue *q, vc *c, const char *method, const ProtobufCMessage *req,
+                        const ProtobufCMessageDescriptor *resp_desc, void *tag);
+/* Waits for the next call to finish: its tag and its reply (free with
+ * kv_pb_free) or its error.  FAILED_PRECONDITION (*tag NULL) if none is in
+ * flight. */
+KV_RESULT vc_queue_next(vc_queue *q, void **tag, ProtobufCMessage **resp);
+/* Storage-node conveniences over the two above. */
+KV_RESULT vc_queue_database_key_unwrap(vc_queue *q, vc *c, const char *environment_id,
+                                       const char *database_id, void *tag);
+KV_RESULT vc_queue_next_database_key(vc_queue *q, void **tag, kv_secret *dek, uint32_t *lease);
+
 #endif

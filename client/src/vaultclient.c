@@ -126,3 +126,105 @@ kv_result vc_database_key_unwrap(vc *c, const char *environment_id, const char *
     kv_pb_free(&k->base);
     return r;
 }
+
+/* ---- several calls in flight from one thread ---------------------------- */
+
+struct vc_queue {
+    rpc_client_queue *rpc;
+};
+
+/* What a queued call must remember until it is collected. */
+typedef struct {
+    void *tag;
+    const ProtobufCMessageDescriptor *resp_desc;
+} vc_queued;
+
+kv_result vc_queue_open(vc_queue **out)
+{
+    vc_queue *q = calloc(1, sizeof(*q));
+    KV_ENSURE(q != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    if (kv_failed(rpc_client_queue_open(&q->rpc))) {
+        free(q);
+        return KV_FAILURE;
+    }
+    *out = q;
+    return KV_SUCCESS;
+}
+
+void vc_queue_close(vc_queue *q)
+{
+    if (q == NULL) return;
+    /* Cancel and collect what is still in flight so every bookkeeping entry
+     * is freed. */
+    rpc_client_queue_cancel(q->rpc);
+    while (rpc_client_queue_in_flight(q->rpc) > 0) {
+        void *t = NULL;
+        rpc_client_reply reply;
+        if (kv_ok(rpc_client_queue_next(q->rpc, &t, &reply))) rpc_client_reply_free(&reply);
+        free(t);
+    }
+    rpc_client_queue_close(q->rpc);
+    free(q);
+}
+
+size_t vc_queue_in_flight(const vc_queue *q)
+{
+    return q != NULL ? rpc_client_queue_in_flight(q->rpc) : 0;
+}
+
+kv_result vc_queue_call(vc_queue *q, vc *c, const char *method, const ProtobufCMessage *req,
+                        const ProtobufCMessageDescriptor *resp_desc, void *tag)
+{
+    KV_ENSURE(q != NULL && c != NULL && resp_desc != NULL, KV_ERR_INVALID_ARGUMENT,
+              "no queue, client or reply type");
+    vc_queued *e = malloc(sizeof(*e));
+    KV_ENSURE(e != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    e->tag = tag;
+    e->resp_desc = resp_desc;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    kv_result r = kv_pb_pack(req, &buf, &len);
+    if (kv_ok(r)) {
+        r = rpc_client_queue_start(q->rpc, c->rpc, method, buf, len, c->timeout_ms, e);
+        kv_pb_buf_free(buf, len); /* requests may carry passwords */
+    }
+    if (kv_failed(r)) free(e);
+    return r;
+}
+
+kv_result vc_queue_next(vc_queue *q, void **tag, ProtobufCMessage **resp)
+{
+    KV_ENSURE(q != NULL && tag != NULL && resp != NULL, KV_ERR_INVALID_ARGUMENT,
+              "no queue, tag or reply");
+    *tag = NULL;
+    *resp = NULL;
+    void *t = NULL;
+    rpc_client_reply reply = {0};
+    kv_result r = rpc_client_queue_next(q->rpc, &t, &reply);
+    vc_queued *e = t;
+    if (e == NULL) return r; /* nothing was in flight */
+    *tag = e->tag;
+    if (kv_ok(r)) r = kv_pb_unpack(e->resp_desc, reply.data, reply.len, "reply", resp);
+    rpc_client_reply_free(&reply);
+    free(e);
+    return r;
+}
+
+kv_result vc_queue_database_key_unwrap(vc_queue *q, vc *c, const char *environment_id,
+                                       const char *database_id, void *tag)
+{
+    Hsmvault__V1__UnwrapDatabaseKeyRequest req = HSMVAULT__V1__UNWRAP_DATABASE_KEY_REQUEST__INIT;
+    req.environment_id = (char *)(uintptr_t)environment_id;
+    req.database_id = (char *)(uintptr_t)database_id;
+    return vc_queue_call(q, c, "/hsmvault.v1.KeyAccess/UnwrapDatabaseKey", &req.base,
+                         &hsmvault__v1__database_key__descriptor, tag);
+}
+
+kv_result vc_queue_next_database_key(vc_queue *q, void **tag, kv_secret *dek, uint32_t *lease)
+{
+    Hsmvault__V1__DatabaseKey *k = NULL;
+    KV_GUARD(vc_queue_next(q, tag, (ProtobufCMessage **)&k));
+    kv_result r = vc_take_dek(k, dek, lease);
+    kv_pb_free(&k->base);
+    return r;
+}

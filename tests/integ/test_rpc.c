@@ -174,8 +174,10 @@ static void make_certs(void)
                     "'subjectAltName=URI:spiffe://test/alice' 'extendedKeyUsage=clientAuth'") == 0);
 }
 
-static kv_result server_start(const char *listen, unsigned workers, size_t max_message,
-                              rpc_server **out)
+/* dedicated: NULL-terminated method paths with pools of their own (may be NULL). */
+static kv_result server_start_dedicated(const char *listen, unsigned workers, size_t max_message,
+                                        const char *const *dedicated, unsigned dedicated_workers,
+                                        rpc_server **out)
 {
     char ca[300], cert[300], key[300];
     rpc_server_config cfg = {.listen_addr = listen,
@@ -183,8 +185,16 @@ static kv_result server_start(const char *listen, unsigned workers, size_t max_m
                              .cert_file = path_of(cert, sizeof(cert), "server.pem"),
                              .key_file = path_of(key, sizeof(key), "server.key"),
                              .workers = workers,
+                             .dedicated = dedicated,
+                             .dedicated_workers = dedicated_workers,
                              .max_message = max_message};
     return rpc_server_start(&cfg, g_methods, KV_ARRAY_LEN(g_methods), NULL, out);
+}
+
+static kv_result server_start(const char *listen, unsigned workers, size_t max_message,
+                              rpc_server **out)
+{
+    return server_start_dedicated(listen, workers, max_message, NULL, 0, out);
 }
 
 /* who: "alice", "bob", "mallory" or NULL (no client certificate). */
@@ -385,6 +395,135 @@ static void test_queued_past_deadline(void)
     rpc_server_stop(one);
 }
 
+/* Dedicated methods: served by pools of their own with the request read
+ * together with the call; a busy general pool does not hold them up. */
+static void test_dedicated_pools(void)
+{
+    static const char *const hot[] = {ECHO, EMPTY, DEADLINE, NULL};
+    rpc_server *srv = NULL;
+    CHECK_OK(server_start_dedicated("127.0.0.1:0", 1, SMALL_MAX, hot, 1, &srv));
+    if (srv == NULL) return;
+    rpc_client *c = NULL;
+    CHECK_OK(client_open(rpc_server_port(srv), "alice", "localhost", 1 << 20, &c));
+    if (c != NULL) {
+        static const uint8_t payload[] = {9, 0, 'x', 0xfe};
+        rpc_client_reply reply = {0};
+        CHECK_OK(rpc_client_call(c, ECHO, payload, sizeof(payload), 5000, &reply));
+        CHECK(reply_is(&reply, "spiffe://test/alice\n", payload, sizeof(payload)));
+        rpc_client_reply_free(&reply);
+        /* An empty request message is a message, not a missing one. */
+        CHECK_OK(rpc_client_call(c, EMPTY, NULL, 0, 5000, &reply));
+        CHECK(reply.data != NULL && reply.len == 0);
+        rpc_client_reply_free(&reply);
+        CHECK_ERR(rpc_client_call(c, EMPTY, (const uint8_t *)"x", 1, 5000, &reply),
+                  KV_ERR_INVALID_ARGUMENT);
+        /* The deadline reaches the handler of a dedicated method too. */
+        CHECK_OK(rpc_client_call(c, DEADLINE, (const uint8_t *)"x", 1, 10000, &reply));
+        if (reply.data != NULL) {
+            long long left = strtoll((const char *)reply.data, NULL, 10);
+            CHECK(left > 8000 && left <= 10200);
+        }
+        rpc_client_reply_free(&reply);
+
+        /* The general pool's only worker is busy for SLOW_MS: a dedicated
+         * method still answers at once. */
+        int slow_before = atomic_load(&g_slow_done);
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, slow_caller, c) == 0);
+        msleep(50);
+        int64_t t0 = kv_clock_mono_ms();
+        CHECK_OK(rpc_client_call(c, ECHO, (const uint8_t *)"fast", 4, 5000, &reply));
+        int64_t dt = kv_clock_mono_ms() - t0;
+        CHECK(reply_is(&reply, "spiffe://test/alice\n", "fast", 4));
+        rpc_client_reply_free(&reply);
+        CHECK(dt < SLOW_MS / 2);
+        CHECK(atomic_load(&g_slow_done) == slow_before); /* the slow call was still running */
+        void *ok = NULL;
+        pthread_join(t, &ok);
+        CHECK(ok == (void *)1);
+
+        /* Too large for the server: refused before the handler, the
+         * connection stays usable. */
+        int before = atomic_load(&g_echo_calls);
+        size_t len = SMALL_MAX + 4096;
+        uint8_t *big = calloc(1, len);
+        CHECK(big != NULL);
+        if (big != NULL) {
+            CHECK_ERR(rpc_client_call(c, ECHO, big, len, 5000, &reply), KV_ERR_RESOURCE_EXHAUSTED);
+            free(big);
+        }
+        CHECK(atomic_load(&g_echo_calls) == before);
+        CHECK_OK(rpc_client_call(c, ECHO, (const uint8_t *)"again", 5, 5000, &reply));
+        rpc_client_reply_free(&reply);
+        rpc_client_close(c);
+    }
+    rpc_server_stop(srv);
+
+    /* A dedicated method must be in the table, and only once. */
+    static const char *const unknown[] = {"/test.Echo/Nope", NULL};
+    static const char *const twice[] = {ECHO, ECHO, NULL};
+    srv = NULL;
+    CHECK_ERR(server_start_dedicated("127.0.0.1:0", 1, 0, unknown, 1, &srv),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(kv_error_msg(), "/test.Echo/Nope") != NULL);
+    CHECK_ERR(server_start_dedicated("127.0.0.1:0", 1, 0, twice, 1, &srv), KV_ERR_INVALID_ARGUMENT);
+    CHECK(srv == NULL);
+}
+
+/* A queue keeps several calls in flight from one thread, on several
+ * clients, and hands each back with its own tag and its own outcome. */
+static void test_call_queue(void)
+{
+    rpc_client_queue *q = NULL;
+    CHECK_OK(rpc_client_queue_open(&q));
+    if (q == NULL) return;
+    void *tag = (void *)1;
+    rpc_client_reply reply = {0};
+    CHECK_ERR(rpc_client_queue_next(q, &tag, &reply), KV_ERR_FAILED_PRECONDITION);
+    CHECK(tag == NULL);
+
+    rpc_client *bob = NULL;
+    CHECK_OK(client_open(g_port, "bob", "localhost", SMALL_MAX, &bob));
+    static int tags[6];
+    if (bob != NULL) {
+        CHECK_OK(
+            rpc_client_queue_start(q, g_alice, ECHO, (const uint8_t *)"a0", 2, 5000, &tags[0]));
+        CHECK_OK(rpc_client_queue_start(q, bob, ECHO, (const uint8_t *)"b1", 2, 5000, &tags[1]));
+        CHECK_OK(rpc_client_queue_start(q, g_alice, FAIL, (const uint8_t *)"x", 1, 5000, &tags[2]));
+        CHECK_OK(rpc_client_queue_start(q, bob, SECRET, (const uint8_t *)"x", 1, 5000, &tags[3]));
+        CHECK_ERR(rpc_client_queue_start(q, g_alice, "no-slash", NULL, 0, 5000, &tags[4]),
+                  KV_ERR_INVALID_ARGUMENT);
+        CHECK(rpc_client_queue_in_flight(q) == 4);
+        bool seen[4] = {false};
+        for (int i = 0; i < 4; i++) {
+            kv_result r = rpc_client_queue_next(q, &tag, &reply);
+            int k = (int)((int *)tag - tags);
+            CHECK(k >= 0 && k < 4 && !seen[k]);
+            if (k < 0 || k >= 4) break;
+            seen[k] = true;
+            if (k == 0) CHECK(kv_ok(r) && reply_is(&reply, "spiffe://test/alice\n", "a0", 2));
+            if (k == 1) CHECK(kv_ok(r) && reply_is(&reply, "bob\n", "b1", 2));
+            if (k == 2)
+                CHECK(kv_failed(r) && kv_error_code() == KV_ERR_FAILED_PRECONDITION &&
+                      strcmp(kv_error_msg(), FAIL_MSG) == 0);
+            if (k == 3) CHECK(kv_ok(r) && reply_is(&reply, "k3y-bytes", NULL, 0));
+            rpc_client_reply_free(&reply);
+        }
+        CHECK(rpc_client_queue_in_flight(q) == 0);
+
+        /* Closing with calls in flight cancels them instead of waiting. */
+        CHECK_OK(rpc_client_queue_start(q, bob, SLOW, (const uint8_t *)"x", 1, 5000, &tags[5]));
+        CHECK_OK(rpc_client_queue_start(q, bob, SLOW, (const uint8_t *)"x", 1, 5000, &tags[5]));
+        int64_t t0 = kv_clock_mono_ms();
+        rpc_client_queue_close(q);
+        q = NULL;
+        CHECK(kv_clock_mono_ms() - t0 < SLOW_MS);
+        msleep(SLOW_MS * 2); /* let the server finish them before bob goes */
+        rpc_client_close(bob);
+    }
+    rpc_client_queue_close(q);
+}
+
 static void test_handshake_refusals(void)
 {
     rpc_client_reply reply = {0};
@@ -578,6 +717,8 @@ int main(void)
         RUN(test_concurrency);
         RUN(test_port_in_use);
         RUN(test_queued_past_deadline);
+        RUN(test_dedicated_pools);
+        RUN(test_call_queue);
         RUN(test_stop_with_idle_client);
     }
     RUN(test_signals);

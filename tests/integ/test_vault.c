@@ -434,6 +434,37 @@ static void test_environments_and_service_key_deks(void)
     CHECK_ERR(unwrap_same(ta, env_prod, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
     CHECK_ERR(unwrap_same(au, env_prod, db_prod, dek_prod), KV_ERR_PERMISSION_DENIED);
     kv_secret_free(&dek);
+
+    /* Unwraps in flight together from one thread (vc_queue): each comes
+     * back with its own tag, key or refusal. */
+    vc_queue *q = NULL;
+    CHECK_OK(vc_queue_open(&q));
+    static const char *const tags[] = {"prod", "sbx", "foreign", "operator"};
+    CHECK_OK(vc_queue_database_key_unwrap(q, sn, env_prod, db_prod, (void *)tags[0]));
+    CHECK_OK(vc_queue_database_key_unwrap(q, sn, env_sbx, db_sbx, (void *)tags[1]));
+    CHECK_OK(vc_queue_database_key_unwrap(q, sn, env_t2, db_prod, (void *)tags[2]));
+    CHECK_OK(vc_queue_database_key_unwrap(q, op, env_prod, db_prod, (void *)tags[3]));
+    CHECK(vc_queue_in_flight(q) == 4);
+    int seen = 0;
+    while (vc_queue_in_flight(q) > 0) {
+        void *tag = NULL;
+        kv_result r = vc_queue_next_database_key(q, &tag, &dek, &lease);
+        if (tag == tags[0]) CHECK(kv_ok(r) && dek.len == 32 && !memcmp(dek.data, dek_prod, 32));
+        if (tag == tags[1]) CHECK(kv_ok(r) && dek.len == 32 && !memcmp(dek.data, dek_sbx, 32));
+        if (tag == tags[2] || tag == tags[3])
+            CHECK(kv_failed(r) && kv_error_code() == KV_ERR_PERMISSION_DENIED);
+        seen |= tag == tags[0]   ? 1
+                : tag == tags[1] ? 2
+                : tag == tags[2] ? 4
+                : tag == tags[3] ? 8
+                                 : 16;
+        kv_secret_free(&dek);
+    }
+    CHECK(seen == 15);
+    void *none = (void *)1;
+    CHECK_ERR(vc_queue_next_database_key(q, &none, &dek, NULL), KV_ERR_FAILED_PRECONDITION);
+    CHECK(none == NULL);
+    vc_queue_close(q);
 }
 
 static void test_generate_key(void)

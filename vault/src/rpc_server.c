@@ -2,10 +2,11 @@
  * rpc_server.c: the server side of the RPC adapter over the gRPC C core
  * (Debian libgrpc 1.51).  The only vault file that includes gRPC headers.
  *
- * What it does: mTLS-only listener, a fixed pool of worker threads (one
- * completion queue each, one call at a time each), generic request_call with
- * dispatch by method path, principal from the client certificate, the call
- * deadline handed to handlers, and the error record turned into a status.
+ * What it does: mTLS-only listener, fixed pools of worker threads (one
+ * completion queue each, one call at a time each): a general pool on generic
+ * request_call with dispatch by method path, and a pool per dedicated (hot)
+ * method on registered calls whose request comes with the call, principal from the client
+ * certificate, the call deadline handed to handlers, and the error record turned into a status.
  *
  * What it must never do: serve a call without a verified client certificate,
  * send an error's detail/file/line to a client (only the human message), keep
@@ -34,6 +35,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "kv_absl.h"
 #include "kv_clock.h"
 #include "kv_file.h"
 #include "kv_log.h"
@@ -59,11 +61,16 @@ typedef struct {
     char *path; /* owned copy */
     size_t len;
     rpc_handler_fn fn;
+    void *registered; /* dedicated methods: gRPC's handle, NULL otherwise */
 } rpc_route;
 
 typedef struct {
     rpc_server *server;
     grpc_completion_queue *cq;
+    /* NULL: serves every method that has no pool of its own (one generic
+     * request outstanding, so a call only ever goes to an idle worker);
+     * else serves only this dedicated method (one registered request). */
+    const rpc_route *route;
     pthread_t thread;
     bool started;
 } rpc_worker;
@@ -348,20 +355,19 @@ static int64_t rpc_deadline_mono_ms(gpr_timespec deadline)
     return now + left.tv_sec * 1000 + left.tv_nsec / 1000000;
 }
 
-/* Runs the dispatch for one received request; on return either *reply holds
- * the handler's bytes (KV_SUCCESS) or the error record says why not. */
-static kv_result rpc_dispatch(rpc_server *s, grpc_call *call, const grpc_call_details *d,
-                              const char *method, const uint8_t *req, size_t req_len,
-                              char principal[RPC_PRINCIPAL_MAX], rpc_reply *reply)
+/* Runs the dispatch for one received request (route NULL: unknown method);
+ * on return either *reply holds the handler's bytes (KV_SUCCESS) or the error
+ * record says why not. */
+static kv_result rpc_dispatch(rpc_server *s, grpc_call *call, const rpc_route *route,
+                              const char *method, gpr_timespec deadline, const uint8_t *req,
+                              size_t req_len, char principal[RPC_PRINCIPAL_MAX], rpc_reply *reply)
 {
     KV_GUARD(rpc_principal_of(s, call, principal));
-    const rpc_route *route =
-        rpc_route_find(s, GRPC_SLICE_START_PTR(d->method), GRPC_SLICE_LENGTH(d->method));
     KV_ENSURE(route != NULL, KV_ERR_UNIMPLEMENTED, "unknown method %.*s", RPC_METHOD_ECHO_MAX,
               method);
     rpc_ctx ctx = {.principal = principal,
                    .method = route->path,
-                   .deadline_mono_ms = rpc_deadline_mono_ms(d->deadline)};
+                   .deadline_mono_ms = rpc_deadline_mono_ms(deadline)};
     KV_GUARD(rpc_ctx_check_deadline(&ctx));
     kv_error_clear();
     kv_result r = route->fn(s->app, &ctx, req, req_len, reply);
@@ -384,31 +390,37 @@ static void rpc_reply_discard(rpc_reply *reply)
     memset(reply, 0, sizeof(*reply));
 }
 
-static void rpc_serve(rpc_worker *w, grpc_call *call, const grpc_call_details *d)
+/* Serves one call: route is its method (NULL: unknown); when request_read,
+ * req_bb is the request message that came with the call (dedicated methods,
+ * NULL if there was none), else the message is received here.  Takes
+ * ownership of req_bb. */
+static void rpc_serve(rpc_worker *w, grpc_call *call, const rpc_route *route, const uint8_t *path,
+                      size_t path_len, gpr_timespec deadline, bool request_read,
+                      grpc_byte_buffer *req_bb)
 {
     rpc_server *s = w->server;
-    grpc_byte_buffer *req_bb = NULL;
     uint8_t *req = NULL;
     size_t req_len = 0;
     rpc_reply reply = {0};
     char principal[RPC_PRINCIPAL_MAX] = "-";
     char method[RPC_METHOD_ECHO_MAX + 1];
-    size_t mlen = GRPC_SLICE_LENGTH(d->method);
-    if (mlen > RPC_METHOD_ECHO_MAX) mlen = RPC_METHOD_ECHO_MAX;
-    memcpy(method, GRPC_SLICE_START_PTR(d->method), mlen);
+    size_t mlen = path_len > RPC_METHOD_ECHO_MAX ? RPC_METHOD_ECHO_MAX : path_len;
+    memcpy(method, path, mlen);
     method[mlen] = '\0';
 
-    grpc_op recv = {.op = GRPC_OP_RECV_MESSAGE};
-    recv.data.recv_message.recv_message = &req_bb;
-    if (grpc_call_start_batch(call, &recv, 1, &rpc_tag_recv, NULL) != GRPC_CALL_OK) {
-        KV_LOG_ERROR("rpc %s: cannot start receiving the request", method);
-        return;
-    }
-    if (!rpc_worker_wait(w, call, &rpc_tag_recv)) {
-        /* Cancelled before the request arrived: too large (gRPC answered
-         * RESOURCE_EXHAUSTED itself), deadline, or the client went away. */
-        if (req_bb != NULL) grpc_byte_buffer_destroy(req_bb);
-        return;
+    if (!request_read) {
+        grpc_op recv = {.op = GRPC_OP_RECV_MESSAGE};
+        recv.data.recv_message.recv_message = &req_bb;
+        if (grpc_call_start_batch(call, &recv, 1, &rpc_tag_recv, NULL) != GRPC_CALL_OK) {
+            KV_LOG_ERROR("rpc %s: cannot start receiving the request", method);
+            return;
+        }
+        if (!rpc_worker_wait(w, call, &rpc_tag_recv)) {
+            /* Cancelled before the request arrived: too large (gRPC answered
+             * RESOURCE_EXHAUSTED itself), deadline, or the client went away. */
+            if (req_bb != NULL) grpc_byte_buffer_destroy(req_bb);
+            return;
+        }
     }
 
     kv_result r;
@@ -419,7 +431,8 @@ static void rpc_serve(rpc_worker *w, grpc_call *call, const grpc_call_details *d
         r = rpc_bb_take(req_bb, &req, &req_len);
         grpc_byte_buffer_destroy(req_bb);
     }
-    if (kv_ok(r)) r = rpc_dispatch(s, call, d, method, req, req_len, principal, &reply);
+    if (kv_ok(r))
+        r = rpc_dispatch(s, call, route, method, deadline, req, req_len, principal, &reply);
     if (req != NULL) {
         kv_wipe(req, req_len); /* requests may carry passwords or PFX files */
         free(req);
@@ -478,6 +491,33 @@ static void rpc_serve(rpc_worker *w, grpc_call *call, const grpc_call_details *d
     if (resp_bb != NULL) grpc_byte_buffer_destroy(resp_bb);
 }
 
+/* Asks gRPC for the worker's next call and waits for it.  Returns false when
+ * the server is shutting down. */
+static bool rpc_worker_next_call(rpc_worker *w, grpc_call **call, grpc_call_details *details,
+                                 gpr_timespec *deadline, grpc_metadata_array *md,
+                                 grpc_byte_buffer **payload)
+{
+    rpc_server *s = w->server;
+    grpc_call_error e =
+        w->route == NULL
+            ? grpc_server_request_call(s->server, call, details, md, w->cq, w->cq, &rpc_tag_request)
+            : grpc_server_request_registered_call(s->server, w->route->registered, call, deadline,
+                                                  md, payload, w->cq, w->cq, &rpc_tag_request);
+    if (e != GRPC_CALL_OK) return false;
+    grpc_event ev;
+    do {
+        ev = grpc_completion_queue_next(w->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+    } while (ev.type == GRPC_OP_COMPLETE && ev.tag != &rpc_tag_request);
+    if (ev.type == GRPC_OP_COMPLETE && ev.success) {
+        if (w->route == NULL) *deadline = details->deadline;
+        return true;
+    }
+    /* Only a shutdown fails a request; a payload that came anyway is ours. */
+    if (*payload != NULL) grpc_byte_buffer_destroy(*payload);
+    *payload = NULL;
+    return false;
+}
+
 static void *rpc_worker_main(void *arg)
 {
     rpc_worker *w = arg;
@@ -486,25 +526,21 @@ static void *rpc_worker_main(void *arg)
         grpc_call *call = NULL;
         grpc_call_details details;
         grpc_metadata_array md;
+        gpr_timespec deadline = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+        grpc_byte_buffer *payload = NULL;
         grpc_call_details_init(&details);
         grpc_metadata_array_init(&md);
-        grpc_call_error e = grpc_server_request_call(s->server, &call, &details, &md, w->cq, w->cq,
-                                                     &rpc_tag_request);
-        bool got = false;
-        if (e == GRPC_CALL_OK) {
-            grpc_event ev;
-            do {
-                ev = grpc_completion_queue_next(w->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
-            } while (ev.type == GRPC_OP_COMPLETE && ev.tag != &rpc_tag_request);
-            got = ev.type == GRPC_OP_COMPLETE && ev.success;
-            if (ev.type == GRPC_QUEUE_SHUTDOWN) {
-                grpc_metadata_array_destroy(&md);
-                grpc_call_details_destroy(&details);
-                return NULL;
-            }
-        }
+        bool got = rpc_worker_next_call(w, &call, &details, &deadline, &md, &payload);
         if (got) {
-            rpc_serve(w, call, &details);
+            if (w->route != NULL)
+                rpc_serve(w, call, w->route, (const uint8_t *)w->route->path, w->route->len,
+                          deadline, true, payload);
+            else
+                rpc_serve(w, call,
+                          rpc_route_find(s, GRPC_SLICE_START_PTR(details.method),
+                                         GRPC_SLICE_LENGTH(details.method)),
+                          GRPC_SLICE_START_PTR(details.method), GRPC_SLICE_LENGTH(details.method),
+                          deadline, false, NULL);
             grpc_call_unref(call);
         }
         grpc_metadata_array_destroy(&md);
@@ -633,8 +669,10 @@ kv_result rpc_server_start(const rpc_server_config *cfg, const rpc_method *metho
               KV_ERR_INVALID_ARGUMENT,
               "mTLS needs a client CA file, a server certificate file and a key file");
     unsigned workers = cfg->workers ? cfg->workers : RPC_DEFAULT_WORKERS;
-    KV_ENSURE(workers <= RPC_MAX_WORKERS, KV_ERR_INVALID_ARGUMENT,
-              "%u workers requested (limit %u)", workers, RPC_MAX_WORKERS);
+    unsigned dedicated_workers = cfg->dedicated_workers ? cfg->dedicated_workers : workers;
+    KV_ENSURE(workers <= RPC_MAX_WORKERS && dedicated_workers <= RPC_MAX_WORKERS,
+              KV_ERR_INVALID_ARGUMENT, "%u workers requested (limit %u)",
+              workers > dedicated_workers ? workers : dedicated_workers, RPC_MAX_WORKERS);
     size_t max_message = cfg->max_message ? cfg->max_message : RPC_DEFAULT_MAX_MESSAGE;
     KV_ENSURE(max_message <= INT_MAX, KV_ERR_INVALID_ARGUMENT, "max message size %zu is above %d",
               max_message, INT_MAX);
@@ -647,6 +685,7 @@ kv_result rpc_server_start(const rpc_server_config *cfg, const rpc_method *metho
     KV_ENSURE(s != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&s->principals.mu, NULL);
     s->app = app;
+    kv_absl_deadlock_detection_off();
     grpc_init();
     s->grpc_ref = true;
 
@@ -679,10 +718,31 @@ kv_result rpc_server_start(const rpc_server_config *cfg, const rpc_method *metho
     s->server = grpc_server_create(&chargs, NULL);
     KV_ENSURE_GOTO(s->server != NULL, r, fail, KV_ERR_INTERNAL, "cannot create the gRPC server");
 
-    s->workers = calloc(workers, sizeof(*s->workers));
+    /* Dedicated methods are registered with gRPC (request read with the
+     * call) and get a pool of their own; the rest share the general pool. */
+    unsigned n_workers = workers;
+    for (size_t i = 0; cfg->dedicated != NULL && cfg->dedicated[i] != NULL; i++) {
+        rpc_route *route = (rpc_route *)rpc_route_find(s, (const uint8_t *)cfg->dedicated[i],
+                                                       strlen(cfg->dedicated[i]));
+        KV_ENSURE_GOTO(route != NULL && route->registered == NULL, r, fail, KV_ERR_INVALID_ARGUMENT,
+                       "dedicated method %s is not in the method table or is listed twice",
+                       cfg->dedicated[i]);
+        route->registered = grpc_server_register_method(
+            s->server, route->path, NULL, GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        KV_ENSURE_GOTO(route->registered != NULL, r, fail, KV_ERR_INTERNAL,
+                       "gRPC refused to register %s", route->path);
+        n_workers += dedicated_workers;
+    }
+    KV_ENSURE_GOTO(n_workers <= RPC_MAX_WORKERS, r, fail, KV_ERR_INVALID_ARGUMENT,
+                   "%u worker threads in all (limit %u)", n_workers, RPC_MAX_WORKERS);
+    s->workers = calloc(n_workers, sizeof(*s->workers));
     KV_ENSURE_GOTO(s->workers != NULL, r, fail, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
-    s->n_workers = workers;
-    for (unsigned i = 0; i < workers; i++) {
+    s->n_workers = n_workers;
+    for (unsigned i = 0, next = workers; i < s->n_routes; i++) {
+        for (unsigned k = 0; s->routes[i].registered != NULL && k < dedicated_workers; k++)
+            s->workers[next++].route = &s->routes[i];
+    }
+    for (unsigned i = 0; i < n_workers; i++) {
         s->workers[i].server = s;
         s->workers[i].cq = grpc_completion_queue_create_for_next(NULL);
         KV_ENSURE_GOTO(s->workers[i].cq != NULL, r, fail, KV_ERR_RESOURCE_EXHAUSTED,
@@ -702,7 +762,7 @@ kv_result rpc_server_start(const rpc_server_config *cfg, const rpc_method *metho
                    cfg->listen_addr);
 
     grpc_server_start(s->server);
-    for (unsigned i = 0; i < workers; i++) {
+    for (unsigned i = 0; i < n_workers; i++) {
         int e = pthread_create(&s->workers[i].thread, NULL, rpc_worker_main, &s->workers[i]);
         if (e != 0) {
             KV_BAIL_GOTO(r, fail, KV_ERR_RESOURCE_EXHAUSTED, "cannot start worker thread %u: %s", i,
@@ -796,6 +856,7 @@ static void rpc_grpc_log(gpr_log_func_args *a)
 
 void rpc_global_init(void)
 {
+    kv_absl_deadlock_detection_off();
     gpr_set_log_function(rpc_grpc_log);
     grpc_init();
 }

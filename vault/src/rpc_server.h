@@ -45,8 +45,14 @@ typedef struct {
     const char *ca_file;     /* PEM: CA that client certificates must chain to */
     const char *cert_file;   /* PEM: server certificate (chain) */
     const char *key_file;    /* PEM: server private key */
-    unsigned workers;        /* worker threads; 0 means 4 */
-    size_t max_message;      /* max send/receive message bytes; 0 means 4 MiB */
+    unsigned workers;        /* worker threads of the general pool; 0 means 4 */
+    /* Hot paths (e.g. DEK unwraps), NULL-terminated list of method paths of
+     * the table (may be NULL): each is served by a pool of its own, so slow
+     * calls of other methods never hold it up, and its request is read
+     * together with the call (one completion-queue round trip less). */
+    const char *const *dedicated;
+    unsigned dedicated_workers; /* per dedicated method; 0 means the same as workers */
+    size_t max_message;         /* max send/receive message bytes; 0 means 4 MiB */
 } rpc_server_config;
 
 /* Binds, starts the workers and returns; *out runs until rpc_server_stop. */

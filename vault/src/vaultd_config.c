@@ -52,6 +52,11 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
         c->workers = (unsigned)n;
         return KV_SUCCESS;
     }
+    if (strcmp(key, "unwrap_workers") == 0) {
+        KV_GUARD(kv_config_uint(key, value, 1, 64, &n));
+        c->unwrap_workers = (unsigned)n;
+        return KV_SUCCESS;
+    }
     if (strcmp(key, "sessions") == 0) {
         KV_GUARD(kv_config_uint(key, value, 1, 256, &n));
         c->sessions = (unsigned)n;

@@ -21,11 +21,12 @@ typedef struct {
     char state_dir[PATH_MAX];     /* the LMDB store lives in <state_dir>/store */
     char bootstrap_operator[257]; /* principal given the operator role at start */
     unsigned workers;
+    unsigned unwrap_workers; /* storage nodes' unwraps have their own; 0 = workers */
     unsigned sessions;
     unsigned lease_seconds;
     size_t max_message;
     int64_t activation_cooldown; /* seconds between two activations of a tenant's keys */
-    char notify_smtp_url[512]; /* SMTP relay for notifications */
+    char notify_smtp_url[512];   /* SMTP relay for notifications */
     char notify_from[256];
     char notify_maildir[PATH_MAX]; /* deliver into a maildir instead (--dev default) */
     int64_t lock_after_key_change;

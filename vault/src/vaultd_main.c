@@ -62,11 +62,14 @@ static void usage(FILE *f)
         "  --listen ADDR      listen address (default 127.0.0.1:7443; port 0 picks a free port)\n"
         "  --config FILE      production: module, token_label, pin_file, listen, tls_ca,\n"
         "                     tls_cert, tls_key, state_dir, bootstrap_operator, workers,\n"
-        "                     sessions, lease_seconds, max_message, activation_cooldown,\n"
+        "                     unwrap_workers, sessions, lease_seconds, max_message, "
+        "activation_cooldown,\n"
         "                     rollback_window, lock_after_key_change, unlock_after_lock,\n"
         "                     locked_environment_retention\n"
         "                     (see docs/operations.md)\n"
         "  --workers N        worker threads (default 4)\n"
+        "  --unwrap-workers N worker threads that serve only storage nodes' unwraps\n"
+        "                     (default: as many as --workers)\n"
         "  --sessions N       token sessions in the pool (default: one per worker)\n"
         "  --smtp URL         deliver key-change notifications to this SMTP relay\n"
         "                     (smtp://host:port; --dev default: <state>/maildir)\n"
@@ -79,17 +82,23 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"dev", no_argument, NULL, 'd'},           {"state-dir", required_argument, NULL, 's'},
-        {"listen", required_argument, NULL, 'l'},  {"config", required_argument, NULL, 'c'},
-        {"workers", required_argument, NULL, 'w'}, {"sessions", required_argument, NULL, 'S'},
-        {"smtp", required_argument, NULL, 'm'},    {"verbose", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"dev", no_argument, NULL, 'd'},
+        {"state-dir", required_argument, NULL, 's'},
+        {"listen", required_argument, NULL, 'l'},
+        {"config", required_argument, NULL, 'c'},
+        {"workers", required_argument, NULL, 'w'},
+        {"sessions", required_argument, NULL, 'S'},
+        {"smtp", required_argument, NULL, 'm'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"unwrap-workers", required_argument, NULL, 'u'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     vaultd_config cfg;
     vaultd_config_defaults(&cfg);
     bool dev = false;
     const char *config_path = NULL, *listen = NULL, *state_dir = NULL, *smtp = NULL;
-    long workers = 0, sessions = 0;
+    long workers = 0, sessions = 0, unwrap_workers = 0;
     int ch;
     kv_log_set_ident("vaultd");
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -112,6 +121,9 @@ int main(int argc, char **argv)
         case 'S':
             sessions = strtol(optarg, NULL, 10);
             break;
+        case 'u':
+            unwrap_workers = strtol(optarg, NULL, 10);
+            break;
         case 'm':
             smtp = optarg;
             break;
@@ -130,8 +142,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "vaultd: give exactly one of --dev or --config FILE (see --help)\n");
         return 2;
     }
-    if (workers < 0 || workers > 64 || sessions < 0 || sessions > 64) {
-        fprintf(stderr, "vaultd: --workers and --sessions must be from 1 to 64\n");
+    if (workers < 0 || workers > 64 || sessions < 0 || sessions > 64 || unwrap_workers < 0 ||
+        unwrap_workers > 64) {
+        fprintf(stderr,
+                "vaultd: --workers, --unwrap-workers and --sessions must be from 1 to 64\n");
         return 2;
     }
     /* Signals are taken by sigwait in this thread only: block them before
@@ -149,6 +163,8 @@ int main(int argc, char **argv)
     if (listen != NULL) snprintf(cfg.listen, sizeof(cfg.listen), "%s", listen);
     if (workers > 0) cfg.workers = (unsigned)workers;
     if (sessions > 0) cfg.sessions = (unsigned)sessions;
+    if (unwrap_workers > 0) cfg.unwrap_workers = (unsigned)unwrap_workers;
+    if (cfg.unwrap_workers == 0) cfg.unwrap_workers = cfg.workers;
     if (smtp != NULL) snprintf(cfg.notify_smtp_url, sizeof(cfg.notify_smtp_url), "%s", smtp);
     if (dev && kv_failed(vaultd_dev_prepare(&cfg))) goto fail;
     if (kv_failed(vaultd_config_check(&cfg))) goto fail;
@@ -199,17 +215,23 @@ int main(int argc, char **argv)
     rpc_global_init();
     size_t n_methods;
     const rpc_method *methods = vault_methods(&n_methods);
+    /* Storage nodes' unwraps get workers of their own: a slow admin call
+     * (an activation re-wrapping 10,000 DEKs) never takes them away. */
+    static const char *const hot_methods[] = {"/hsmvault.v1.KeyAccess/UnwrapDatabaseKey", NULL};
     rpc_server_config sc = {.listen_addr = cfg.listen,
                             .ca_file = cfg.tls_ca,
                             .cert_file = cfg.tls_cert,
                             .key_file = cfg.tls_key,
                             .workers = cfg.workers,
+                            .dedicated = hot_methods,
+                            .dedicated_workers = cfg.unwrap_workers,
                             .max_message = cfg.max_message};
     if (kv_failed(rpc_server_start(&sc, methods, n_methods, &v, &server))) goto fail_grpc;
     int port = rpc_server_port(server);
     if (dev && kv_failed(vaultd_dev_publish(&cfg, port))) goto fail_grpc;
-    KV_LOG_INFO("listening on %s (port %d) with %u workers, %u token sessions", cfg.listen, port,
-                cfg.workers, hsm_session_count(h));
+    KV_LOG_INFO("listening on %s (port %d) with %u workers (and %u for unwraps), %u token "
+                "sessions",
+                cfg.listen, port, cfg.workers, cfg.unwrap_workers, hsm_session_count(h));
     if (dev) {
         printf("vaultd --dev is running: state in %s, listening on port %d\n"
                "Point vaultctl at it with a profile, e.g.:\n"
