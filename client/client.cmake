@@ -2,5 +2,11 @@ add_library(client STATIC src/vaultclient.c)
 target_include_directories(client PUBLIC include PRIVATE src)
 target_link_libraries(client PUBLIC common proto client_rpc)
 
-add_executable(vaultctl src/vaultctl.c src/print.c)
-target_link_libraries(vaultctl PRIVATE client PkgConfig::OPENSSL)
+add_executable(vaultctl src/vaultctl.c)
+target_link_libraries(vaultctl PRIVATE client client_cli PkgConfig::OPENSSL)
+
+# What the CLIs over libvaultclient share (vaultctl, tdectl): exit codes,
+# error lines, the descriptor-driven text/JSON printer.
+add_library(client_cli STATIC src/cli.c src/print.c)
+target_include_directories(client_cli PUBLIC src)
+target_link_libraries(client_cli PUBLIC client common proto PkgConfig::PROTOBUFC)

@@ -26,22 +26,9 @@
 #include "kv_file.h"
 #include "kv_pb.h"
 #include "kv_secret.h"
+#include "cli.h"
 #include "print.h"
 #include "vaultclient.h"
-
-/* Exit codes (documented in --help and docs/vaultctl.md). */
-enum {
-    EXIT_OK = 0,
-    EXIT_ERROR = 1,
-    EXIT_USAGE = 2,
-    EXIT_INVALID = 3,
-    EXIT_NOT_FOUND = 4,
-    EXIT_DENIED = 5,
-    EXIT_PRECONDITION = 6,
-    EXIT_UNAVAILABLE = 7,
-    EXIT_EXISTS = 8,
-    EXIT_UNIMPLEMENTED = 9,
-};
 
 #define MAX_CONTACTS 32
 #define PFX_FILE_MAX (64u * 1024u)
@@ -63,50 +50,10 @@ typedef struct {
     const char *help;
 } cmd;
 
-static int exit_for(kv_code code)
-{
-    switch (code) {
-    case KV_ERR_INVALID_ARGUMENT:
-    case KV_ERR_OUT_OF_RANGE:
-    case KV_ERR_RESOURCE_EXHAUSTED:
-        return EXIT_INVALID;
-    case KV_ERR_NOT_FOUND:
-        return EXIT_NOT_FOUND;
-    case KV_ERR_PERMISSION_DENIED:
-    case KV_ERR_UNAUTHENTICATED:
-        return EXIT_DENIED;
-    case KV_ERR_FAILED_PRECONDITION:
-    case KV_ERR_ABORTED:
-        return EXIT_PRECONDITION;
-    case KV_ERR_UNAVAILABLE:
-    case KV_ERR_DEADLINE_EXCEEDED:
-        return EXIT_UNAVAILABLE;
-    case KV_ERR_ALREADY_EXISTS:
-        return EXIT_EXISTS;
-    case KV_ERR_UNIMPLEMENTED:
-        return EXIT_UNIMPLEMENTED;
-    default:
-        return EXIT_ERROR;
-    }
-}
-
-static int fail(void)
-{
-    fprintf(stderr, "vaultctl: %s: %s\n", kv_code_name(kv_error_code()), kv_error_msg());
-    return exit_for(kv_error_code());
-}
-
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    fprintf(stderr, "vaultctl: ");
-    vfprintf(stderr, fmt, ap);
-    fprintf(stderr, " (see vaultctl --help)\n");
-    va_end(ap);
-    return EXIT_USAGE;
-}
+/* Exit codes, error lines and reply printing are shared with tdectl
+ * (cli.h); vaultctl's own names for them: */
+#define fail cli_fail
+#define usage_error cli_usage_error
 
 #define NEED(field, opt)                                                                           \
     do {                                                                                           \
@@ -117,11 +64,7 @@ static int usage_error(const char *fmt, ...)
 static int call_print(vc *c, const cli *a, const char *method, const ProtobufCMessage *req,
                       const ProtobufCMessageDescriptor *desc)
 {
-    ProtobufCMessage *resp = NULL;
-    if (kv_failed(vc_call(c, method, req, desc, &resp))) return fail();
-    print_message(stdout, resp, a->json);
-    kv_pb_free(resp);
-    return EXIT_OK;
+    return cli_call_print(c, a->json, method, req, desc);
 }
 
 /* Reads a password without echo from the terminal. */
@@ -842,6 +785,7 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
+    cli_init("vaultctl", false);
     cli a = {0};
     const char *config = getenv("VAULTCTL_CONFIG");
     const char *words[2] = {NULL, NULL};

@@ -28,6 +28,55 @@ bool vaultd_proc_start(vaultd_proc *p, const char *state_dir)
     return vaultd_proc_start_args(p, state_dir, NULL);
 }
 
+bool test_proc_spawn(const char *bin, const char *const *argv, const char *log,
+                     const char *ready_path, pid_t *pid_out)
+{
+    unlink(ready_path);
+    pid_t pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        if (freopen("/dev/null", "w", stdout) == NULL) _exit(127);
+        execv(bin, (char *const *)(uintptr_t)argv);
+        _exit(127);
+    }
+    *pid_out = pid;
+    for (int i = 0; i < 600; i++) {
+        struct stat st;
+        if (stat(ready_path, &st) == 0) return true;
+        int status;
+        if (waitpid(pid, &status, WNOHANG) == pid) {
+            fprintf(stderr, "%s exited during start-up; see %s\n", bin, log);
+            *pid_out = 0;
+            return false;
+        }
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "%s did not start within 30 s; see %s\n", bin, log);
+    test_proc_kill(pid_out);
+    return false;
+}
+
+int test_proc_stop(pid_t *pid)
+{
+    if (*pid <= 0) return -1;
+    kill(*pid, SIGTERM);
+    int status = 0;
+    waitpid(*pid, &status, 0);
+    *pid = 0;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void test_proc_kill(pid_t *pid)
+{
+    if (*pid <= 0) return;
+    kill(*pid, SIGKILL);
+    waitpid(*pid, NULL, 0);
+    *pid = 0;
+}
+
 bool vaultd_proc_start_args(vaultd_proc *p, const char *state_dir, const char *const *extra)
 {
     char bin[512], addr[512], log[512];
@@ -35,56 +84,22 @@ bool vaultd_proc_start_args(vaultd_proc *p, const char *state_dir, const char *c
     snprintf(p->state_dir, sizeof(p->state_dir), "%s", state_dir);
     snprintf(addr, sizeof(addr), "%s/vaultd.addr", state_dir);
     snprintf(log, sizeof(log), "%s.log", state_dir);
-    unlink(addr);
-    pid_t pid = fork();
-    if (pid < 0) return false;
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        if (freopen("/dev/null", "w", stdout) == NULL) _exit(127);
-        const char *argv[32] = {"vaultd",  "--dev",    "--state-dir",
-                                state_dir, "--listen", "127.0.0.1:0"};
-        size_t n = 6;
-        for (size_t i = 0; extra != NULL && extra[i] != NULL && n + 1 < 32; i++)
-            argv[n++] = extra[i];
-        argv[n] = NULL;
-        execv(bin, (char *const *)(uintptr_t)argv);
-        _exit(127);
-    }
-    p->pid = pid;
-    for (int i = 0; i < 600; i++) {
-        struct stat st;
-        if (stat(addr, &st) == 0) return true;
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr, "vaultd exited during start-up; see %s\n", log);
-            p->pid = 0;
-            return false;
-        }
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    fprintf(stderr, "vaultd did not start within 30 s; see %s\n", log);
-    vaultd_proc_kill(p);
-    return false;
+    const char *argv[32] = {"vaultd", "--dev", "--state-dir", state_dir, "--listen", "127.0.0.1:0"};
+    size_t n = 6;
+    for (size_t i = 0; extra != NULL && extra[i] != NULL && n + 1 < 32; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    return test_proc_spawn(bin, argv, log, addr, &p->pid);
 }
 
 int vaultd_proc_stop(vaultd_proc *p)
 {
-    if (p->pid <= 0) return -1;
-    kill(p->pid, SIGTERM);
-    int status = 0;
-    waitpid(p->pid, &status, 0);
-    p->pid = 0;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return test_proc_stop(&p->pid);
 }
 
 void vaultd_proc_kill(vaultd_proc *p)
 {
-    if (p->pid <= 0) return;
-    kill(p->pid, SIGKILL);
-    waitpid(p->pid, NULL, 0);
-    p->pid = 0;
+    test_proc_kill(&p->pid);
 }
 
 vc *vaultd_proc_client(const vaultd_proc *p, const char *role)

@@ -26,6 +26,13 @@ int vaultd_proc_stop(vaultd_proc *p);
 void vaultd_proc_kill(vaultd_proc *p);
 /* Opens a client with the dev profile of a role ("operator", ...). */
 vc *vaultd_proc_client(const vaultd_proc *p, const char *role);
+/* Any test server: forks bin with argv (stderr appended to log, stdout to
+ * /dev/null) and waits until ready_path exists (removed first). */
+bool test_proc_spawn(const char *bin, const char *const *argv, const char *log,
+                     const char *ready_path, pid_t *pid);
+/* SIGTERM and wait (exit status, 128+signal) / SIGKILL and wait. */
+int test_proc_stop(pid_t *pid);
+void test_proc_kill(pid_t *pid);
 /* Path of a build artefact (HSMVAULT_BUILD_DIR/rel). */
 void vaultd_build_path(char *out, size_t cap, const char *rel);
 

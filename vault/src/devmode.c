@@ -109,6 +109,23 @@ static kv_result dev_tls(vaultd_config *c)
         KV_GUARD(devca_issue(dir, vaultd_dev_principals[i], vaultd_dev_principals[i], uri, false));
         KV_LOG_INFO("dev: issued a client certificate for %s", uri);
     }
+    /* tdenode's certificates (docs/tdenode.md): its server certificate, and
+     * client certificates for a database engine and a tdenode admin.  These
+     * are tdenode's callers, not vault principals: no vaultctl profile. */
+    static const struct {
+        const char *name;
+        bool server;
+    } node_certs[] = {{"tdenode", true}, {"database-engine", false}, {"tde-admin", false}};
+    for (size_t i = 0; i < KV_ARRAY_LEN(node_certs); i++) {
+        char uri[128], pem[PATH_MAX + 64];
+        snprintf(pem, sizeof(pem), "%s/%s.pem", dir, node_certs[i].name);
+        if (dev_exists(pem)) continue;
+        snprintf(uri, sizeof(uri), VAULTD_DEV_URI_PREFIX "%s", node_certs[i].name);
+        KV_GUARD(devca_issue(dir, node_certs[i].name, node_certs[i].name,
+                             node_certs[i].server ? NULL : uri, node_certs[i].server));
+        KV_LOG_INFO("dev: issued tdenode's %s certificate %s",
+                    node_certs[i].server ? "server" : "client", node_certs[i].name);
+    }
     return KV_SUCCESS;
 }
 

@@ -71,6 +71,8 @@ static void usage(FILE *f)
         "  --unwrap-workers N worker threads that serve only storage nodes' unwraps\n"
         "                     (default: as many as --workers)\n"
         "  --sessions N       token sessions in the pool (default: one per worker)\n"
+        "  --lease-seconds N  how long storage nodes may use an unwrapped DEK before they\n"
+        "                     renew it (default 60; 1 to 3600)\n"
         "  --smtp URL         deliver key-change notifications to this SMTP relay\n"
         "                     (smtp://host:port; --dev default: <state>/maildir)\n"
         "  --verbose          debug logging\n"
@@ -91,6 +93,7 @@ int main(int argc, char **argv)
         {"smtp", required_argument, NULL, 'm'},
         {"verbose", no_argument, NULL, 'v'},
         {"unwrap-workers", required_argument, NULL, 'u'},
+        {"lease-seconds", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -98,7 +101,7 @@ int main(int argc, char **argv)
     vaultd_config_defaults(&cfg);
     bool dev = false;
     const char *config_path = NULL, *listen = NULL, *state_dir = NULL, *smtp = NULL;
-    long workers = 0, sessions = 0, unwrap_workers = 0;
+    long workers = 0, sessions = 0, unwrap_workers = 0, lease_seconds = 0;
     int ch;
     kv_log_set_ident("vaultd");
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -126,6 +129,13 @@ int main(int argc, char **argv)
             break;
         case 'm':
             smtp = optarg;
+            break;
+        case 'L':
+            lease_seconds = strtol(optarg, NULL, 10);
+            if (lease_seconds < 1 || lease_seconds > 3600) {
+                fprintf(stderr, "vaultd: --lease-seconds must be from 1 to 3600\n");
+                return 2;
+            }
             break;
         case 'v':
             kv_log_set_level(KV_LOG_DEBUG);
@@ -164,6 +174,7 @@ int main(int argc, char **argv)
     if (workers > 0) cfg.workers = (unsigned)workers;
     if (sessions > 0) cfg.sessions = (unsigned)sessions;
     if (unwrap_workers > 0) cfg.unwrap_workers = (unsigned)unwrap_workers;
+    if (lease_seconds > 0) cfg.lease_seconds = (unsigned)lease_seconds;
     if (cfg.unwrap_workers == 0) cfg.unwrap_workers = cfg.workers;
     if (smtp != NULL) snprintf(cfg.notify_smtp_url, sizeof(cfg.notify_smtp_url), "%s", smtp);
     if (dev && kv_failed(vaultd_dev_prepare(&cfg))) goto fail;
