@@ -1,0 +1,7 @@
+# tdenode end to end: a real vaultd --dev and a real tdenode --dev on
+# loopback with mTLS, kill -9 and crash points, driven through libvaultclient.
+kv_add_test(NAME integ_tdenode LABEL integ
+            SOURCES integ/test_tdenode.c integ/tdenode_proc.c integ/vaultd_proc.c
+            LIBS client client_rpc tde_page storage_proto proto TIMEOUT 900)
+target_include_directories(integ_tdenode PRIVATE integ)
+add_dependencies(integ_tdenode vaultd tdenode)
