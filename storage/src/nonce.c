@@ -9,7 +9,9 @@
  * A new reservation goes to the slot not written last, then fdatasync; a torn
  * slot write leaves the other slot, whose reservation was never exceeded.
  * Loading resumes at the newest valid slot's reservation: every value below
- * it may have been used, none above it was.
+ * it may have been used, none above it was.  If the other slot is damaged
+ * (not merely never written) it may have been the newer one: loading then
+ * skips what one more reservation could have covered.
  *
  * Must never hand out a value that is not below a durable reservation, nor
  * one at or past the DEK's limit.
@@ -27,6 +29,8 @@
 
 #define NONCE_SLOT_B 4096
 #define NONCE_BLOCK 4096u
+/* The most values one tde_nonce_take hands out (a batch, a restore chunk). */
+#define NONCE_TAKE_MAX 256u
 
 static void nonce_put_be(uint8_t *p, uint64_t v, size_t n)
 {
@@ -99,10 +103,16 @@ kv_result tde_nonce_create(tde_nonce *n, const char *path, uint32_t dek_version,
 {
     nonce_init(n, limit);
     n->dek_version = dek_version;
-    KV_ENSURE(getrandom(&n->epoch, sizeof(n->epoch), 0) == (ssize_t)sizeof(n->epoch),
-              KV_ERR_UNAVAILABLE, "the kernel random source failed");
+    if (getrandom(&n->epoch, sizeof(n->epoch), 0) != (ssize_t)sizeof(n->epoch)) {
+        tde_nonce_close(n);
+        KV_BAIL(KV_ERR_UNAVAILABLE, "the kernel random source failed");
+    }
     n->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    KV_ENSURE(n->fd >= 0, KV_ERR_UNAVAILABLE, "cannot create %s: %s", path, strerror(errno));
+    if (n->fd < 0) {
+        int e = errno;
+        tde_nonce_close(n);
+        KV_BAIL(KV_ERR_UNAVAILABLE, "cannot create %s: %s", path, strerror(e));
+    }
     n->next = n->reserved = start;
     n->seq = 1;
     kv_result r = nonce_write_slot(n, 1, start);
@@ -122,10 +132,14 @@ kv_result tde_nonce_load(tde_nonce *n, const char *path, uint64_t limit)
 {
     nonce_init(n, limit);
     n->fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-    KV_ENSURE(n->fd >= 0, errno == ENOENT ? KV_ERR_NOT_FOUND : KV_ERR_UNAVAILABLE,
-              "cannot open %s: %s", path, strerror(errno));
+    if (n->fd < 0) {
+        int e = errno;
+        tde_nonce_close(n);
+        KV_BAIL(e == ENOENT ? KV_ERR_NOT_FOUND : KV_ERR_UNAVAILABLE, "cannot open %s: %s", path,
+                strerror(e));
+    }
     tde_nonce_slot best = {0}, s;
-    bool found = false;
+    bool found = false, damaged = false;
     for (int i = 0; i < 2; i++) {
         uint8_t p[TDE_NONCE_SLOT_LEN];
         size_t got = 0;
@@ -134,26 +148,47 @@ kv_result tde_nonce_load(tde_nonce *n, const char *path, uint64_t limit)
             tde_nonce_close(n);
             return r;
         }
-        if (kv_ok(tde_nonce_slot_parse(p, got, &s)) && (!found || s.seq > best.seq)) {
-            best = s;
+        if (kv_ok(tde_nonce_slot_parse(p, got, &s))) {
+            if (!found || s.seq > best.seq) best = s;
             found = true;
+            continue;
         }
+        /* Never written (a new file has one slot) or damaged. */
+        for (size_t j = 0; j < got; j++)
+            damaged |= p[j] != 0;
     }
     kv_error_clear();
     if (!found) {
         tde_nonce_close(n);
         KV_BAIL(KV_ERR_DATA_LOSS, "%s holds no valid write-counter reservation", path);
     }
+    /* A damaged slot may have been the newer one, with values of it used:
+     * skip past the most one reservation can add. */
+    if (damaged) {
+        uint64_t skip = NONCE_BLOCK + NONCE_TAKE_MAX;
+        uint64_t room = limit > best.reserved ? limit - best.reserved : 0;
+        best.reserved += room < skip ? room : skip;
+        best.seq++;
+    }
     n->dek_version = best.dek_version;
     n->epoch = best.epoch;
     n->seq = best.seq;
     n->next = n->reserved = best.reserved;
+    if (damaged) {
+        /* Make the skip durable before anything is handed out. */
+        kv_result r = nonce_write_slot(n, n->seq, n->reserved);
+        if (kv_failed(r)) {
+            tde_nonce_close(n);
+            return r;
+        }
+    }
     return KV_SUCCESS;
 }
 
 kv_result tde_nonce_take(tde_nonce *n, uint32_t count, uint32_t *epoch, uint64_t *first)
 {
-    KV_ENSURE(count >= 1, KV_ERR_INTERNAL, "taking no counter values");
+    KV_ENSURE(count >= 1 && count <= NONCE_TAKE_MAX, KV_ERR_INTERNAL,
+              "taking %u counter values at once", count);
     kv_result r = KV_SUCCESS;
     pthread_mutex_lock(&n->mu);
     if (n->next > n->limit || count > n->limit - n->next) {

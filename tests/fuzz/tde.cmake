@@ -1,3 +1,6 @@
 # tdenode parsers: the page header and page_open (later also the node's
 # metadata files, nonce slots and journal records).
 kv_add_fuzz(NAME page SOURCES fuzz/fuzz_page.c LIBS tde_page CORPUS page)
+# tdenode's own files: record files (meta, manifests), counter slots,
+# journal record headers, config grant lines.
+kv_add_fuzz(NAME tde_files SOURCES fuzz/fuzz_tde_files.c LIBS tde_node CORPUS tde_files)

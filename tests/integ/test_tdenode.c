@@ -1054,6 +1054,14 @@ static void test_lock_and_unlock(void)
 {
     uint8_t before[TDE_PAGE_DATA], after[TDE_PAGE_DATA];
     CHECK_OK(read_page(eng, prod, db_orders, 100, before));
+    /* A third customer-managed environment that stays locked (and is
+     * deleted 28 days later). */
+    char legacy[64] = "", db_legacy[64] = "";
+    CHECK_OK(make_env(tenant, "legacy", HSMVAULT__V1__ENVIRONMENT_TYPE__ENVIRONMENT_TYPE_SANDBOX,
+                      legacy));
+    CHECK_OK(apply_key(legacy));
+    CHECK_OK(create_db(eng, legacy, "archive", db_legacy));
+    CHECK_OK(write_range(eng, legacy, db_legacy, 0, 1, 1, true));
     CHECK_OK(advance_clock(72 * 3600)); /* seed 001: no lock within 72 h of a key change */
     CHECK_OK(lock_tenant());
     int64_t locked = kv_clock_mono_ms(), refused_at = 0;
@@ -1101,6 +1109,15 @@ static void test_lock_and_unlock(void)
     CHECK_OK(read_until_ok(qa, db_qa_copy, 100, d, 5000));
     CHECK(version_of(d, 100) == 7);
     CHECK_OK(write_range(eng, prod, db_orders, 300, 1, 1, true));
+    /* The environment left locked: refused still, and after 28 days the
+     * vault deletes it (its DEKs with it): refused for good. */
+    CHECK_ERR(read_page(eng, legacy, db_legacy, 0, d), KV_ERR_FAILED_PRECONDITION);
+    CHECK(msg_has("locked"));
+    CHECK_OK(advance_clock(28 * 86400));
+    struct timespec ts = {1, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL); /* past the once-a-second retry */
+    CHECK_ERR(read_page(eng, legacy, db_legacy, 0, d), KV_ERR_FAILED_PRECONDITION);
+    CHECK(msg_has("deleted"));
 }
 
 /* ---- the vault unreachable ---------------------------------------------------------- */
@@ -1216,7 +1233,7 @@ static void test_write_limit_and_restart(void)
     CHECK_OK(call(eng, P("ListDatabases"), &ld.base,
                   &hsmvault__v1__list_node_databases_response__descriptor,
                   (ProtobufCMessage **)&all));
-    CHECK(all != NULL && all->n_databases == 7);
+    CHECK(all != NULL && all->n_databases == 8);
     kv_pb_free(all ? &all->base : NULL);
     /* A second tdenode on the same data directory is refused. */
     tdenode_proc second;
