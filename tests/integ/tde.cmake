@@ -5,3 +5,7 @@ kv_add_test(NAME integ_tdenode LABEL integ
             LIBS client client_rpc tde_page storage_proto proto TIMEOUT 900)
 target_include_directories(integ_tdenode PRIVATE integ)
 add_dependencies(integ_tdenode vaultd tdenode)
+
+# tdectl as a user runs it (and tdenode from a config file).
+add_test(NAME integ_tdectl COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/integ/test_tdectl.sh)
+set_tests_properties(integ_tdectl PROPERTIES LABELS integ TIMEOUT 300 ENVIRONMENT "${HSMVAULT_TEST_ENV}")
