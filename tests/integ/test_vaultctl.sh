@@ -19,22 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ok() { PASS=$((PASS + 1)); }
-bad() { FAIL=$((FAIL + 1)); echo "FAIL: $*" >&2; }
-# expect CODE description -- command...: checks the exit code; stdout in
-# $TMP/out, stderr in $TMP/err.
-expect() {
-    want=$1
-    what=$2
-    shift 3
-    "$@" >"$TMP/out" 2>"$TMP/err"
-    got=$?
-    if [ "$got" = "$want" ]; then ok; else bad "$what: exit $got, want $want: $(cat "$TMP/err")"; fi
-    if [ "$want" != 0 ]; then
-        lines=$(wc -l <"$TMP/err")
-        if [ "$lines" = 1 ]; then ok; else bad "$what: $lines lines on stderr, want 1: $(cat "$TMP/err")"; fi
-    fi
-}
+. "$(dirname "$0")/cli_lib.sh"
 as() { role=$1; shift; "$VAULTCTL" --config "$STATE/clients/$role.conf" "$@"; }
 id_of() { grep -o "$1-[0-9a-f]\{16\}" "$TMP/out" | head -n 1; }
 
