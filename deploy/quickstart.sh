@@ -5,8 +5,12 @@
 # vaultctl, printing every command: a tenant, environments, a storage node's
 # database key, a generated tenant key applied to production, an uploaded
 # key activated with a live re-wrap, the token audit, and a restart that
-# unwraps the same key.  Stops vaultd at the end; state stays for a rerun of
-# `build/vault/vaultd --dev --state-dir state/quickstart`.
+# unwraps the same key.  It also starts `tdenode --dev` beside it (the TDE
+# storage node) and shows pages written, read back after a key activation,
+# refused during the lock, readable again after the unlock, backed up and
+# restored.  Stops both at the end; state stays for a rerun of
+# `build/vault/vaultd --dev --state-dir state/quickstart` (and
+# `build/storage/tdenode --dev --vault-state state/quickstart`).
 set -eu
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 "$ROOT/deploy/install-deps.sh"
@@ -14,9 +18,27 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 VAULTD=$ROOT/build/vault/vaultd
 VAULTCTL=$ROOT/build/client/vaultctl
+TDENODE=$ROOT/build/storage/tdenode
+TDECTL=$ROOT/build/storage/tdectl
 STATE=$ROOT/state/quickstart
 WORK=$STATE/work
 PID=""
+NODE_PID=""
+# Short DEK leases, so a lock reaches the storage node within seconds.
+LEASE=4
+
+stop_tdenode() {
+    if [ -n "$NODE_PID" ]; then
+        kill -TERM "$NODE_PID" 2>/dev/null || true
+        wait "$NODE_PID" || true
+        NODE_PID=""
+    fi
+}
+
+stop_all() {
+    stop_tdenode
+    stop_vaultd
+}
 
 stop_vaultd() {
     if [ -n "$PID" ]; then
@@ -25,11 +47,11 @@ stop_vaultd() {
         PID=""
     fi
 }
-trap stop_vaultd EXIT INT TERM
+trap stop_all EXIT INT TERM
 
 start_vaultd() {
     rm -f "$STATE/vaultd.addr"
-    "$VAULTD" --dev --state-dir "$STATE" --listen 127.0.0.1:0 >"$STATE.out" 2>"$STATE.log" &
+    "$VAULTD" --dev --state-dir "$STATE" --listen 127.0.0.1:0 --lease-seconds $LEASE >"$STATE.out" 2>>"$STATE.log" &
     PID=$!
     i=0
     while [ ! -f "$STATE/vaultd.addr" ]; do
@@ -43,6 +65,50 @@ start_vaultd() {
         sleep 0.1
     done
     echo "== vaultd --dev listening on $(cat "$STATE/vaultd.addr") (pid $PID; log $STATE.log)"
+}
+
+start_tdenode() {
+    rm -f "$STATE/tdenode.addr"
+    "$TDENODE" --dev --vault-state "$STATE" --listen 127.0.0.1:0 >"$STATE.tdenode.out" 2>>"$STATE.tdenode.log" &
+    NODE_PID=$!
+    i=0
+    while [ ! -f "$STATE/tdenode.addr" ]; do
+        if ! kill -0 "$NODE_PID" 2>/dev/null; then
+            echo "tdenode failed to start:" >&2
+            cat "$STATE.tdenode.log" >&2
+            exit 1
+        fi
+        i=$((i + 1))
+        [ $i -lt 600 ] || { echo "tdenode did not start in 60 s" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "== tdenode --dev listening on $(cat "$STATE/tdenode.addr") (pid $NODE_PID; data in $STATE/tdenode; log $STATE.tdenode.log)"
+}
+
+# tde ROLE tdectl-args...: runs tdectl as the database engine (engine) or
+# the tdenode admin (admin), echoing the command first.
+tde() {
+    role=$1
+    shift
+    echo "\$ tdectl --config $STATE/clients/tdenode-$role.conf $*" | sed "s|$ROOT/||g" >&2
+    "$TDECTL" --config "$STATE/clients/tdenode-$role.conf" "$@"
+}
+# page_sum DB N: SHA-256 of page N of DB as the engine reads it ("" if refused).
+page_sum() { "$TDECTL" --config "$STATE/clients/tdenode-engine.conf" page read --env "$PROD" --db "$1" --page "$2" 2>/dev/null | sha256sum | cut -c1-16; }
+# until_code WANT DB N: reads page N until tdectl exits WANT (at most 20 s); prints the seconds.
+until_code() {
+    t=0
+    while :; do
+        set +e
+        "$TDECTL" --config "$STATE/clients/tdenode-engine.conf" page read --env "$PROD" --db "$2" --page "$3" >/dev/null 2>"$WORK/tde.err"
+        rc=$?
+        set -e
+        [ "$rc" = "$1" ] && break
+        t=$((t + 1))
+        [ $t -lt 100 ] || { echo "   still exit $rc after 20 s: $(cat "$WORK/tde.err")" >&2; return 1; }
+        sleep 0.2
+    done
+    echo "$((t / 5)).$((t % 5 * 2)) s"
 }
 
 # as ROLE vaultctl-args...: runs vaultctl with a dev principal's profile and
@@ -67,6 +133,7 @@ echo "== fresh demo state in $STATE"
 rm -rf "$STATE" "$STATE.log" "$STATE.out"
 mkdir -p "$WORK"
 chmod 700 "$STATE" "$WORK"
+rm -f "$STATE.tdenode.log" "$STATE.tdenode.out"
 start_vaultd
 
 echo
@@ -92,6 +159,20 @@ OUT=$(as storage-node db create --env "$PROD" --name orders)
 echo "$OUT"
 DB=$(echo "$OUT" | field database_id)
 CHECK1=$(echo "$OUT" | field dek_sha256)
+
+echo
+echo "== 3b. tdenode, the storage node, serves pages sealed with AES-256-GCM under database keys it leases"
+start_tdenode
+PAGES_DB=$(tde engine db create --env "$PROD" --name orders-pages | tee /dev/stderr | field database_id)
+for n in 0 1 2; do
+    printf 'order %d: 12 crates of kiwis, Contoso Ltd\n' "$n" | tde engine page write --env "$PROD" --db "$PAGES_DB" --page "$n" >/dev/null
+done
+tde engine flush --env "$PROD" --db "$PAGES_DB" >/dev/null
+tde engine page read --env "$PROD" --db "$PAGES_DB" --page 1 | tr -d '\000'
+echo "   on disk the page is ciphertext (8 KiB with header and tag); the plaintext is nowhere in it:"
+if grep -rq "crates of kiwis" "$STATE/tdenode"; then echo "   FOUND PLAINTEXT" >&2; exit 1; else echo "   (grep -r finds no 'crates of kiwis' under $STATE/tdenode)" | sed "s|$ROOT/||g"; fi
+PAGE1=$(page_sum "$PAGES_DB" 1)
+echo "   SHA-256 of page 1: $PAGE1"
 
 echo
 echo "== 4. The tenant admin generates a key; the PFX (password from a file) is written 0600"
@@ -122,10 +203,28 @@ echo "   activating it at once is refused: no activation within 24 h of the last
 as tenant-admin key activate --tenant "$TENANT" --key "$KEY2" || true
 echo "   (vaultd --dev lets the operator move its clock; release builds have no such thing)"
 as operator clock advance --seconds 86400 >/dev/null
+echo "   a database engine reads page 1 in a loop meanwhile:"
+rm -f "$WORK/stop-io"
+(
+    n=0
+    f=0
+    while [ ! -f "$WORK/stop-io" ]; do
+        if [ "$(page_sum "$PAGES_DB" 1)" = "$PAGE1" ]; then n=$((n + 1)); else f=$((f + 1)); fi
+    done
+    echo "$n $f" >"$WORK/io-count"
+) &
+IO_PID=$!
+sleep 1
 as tenant-admin key activate --tenant "$TENANT" --key "$KEY2" >/dev/null
+sleep 1
+touch "$WORK/stop-io"
+wait "$IO_PID"
+read -r IO_OK IO_FAILED <"$WORK/io-count"
 as tenant-admin key list --tenant "$TENANT"
 CHECK3=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
 echo "   database key check value after activation: $CHECK3"
+PAGE2=$(page_sum "$PAGES_DB" 1)
+echo "   tdenode served $IO_OK reads of page 1 across the activation, $IO_FAILED failed (no downtime); its SHA-256 is still $PAGE2 (nothing re-encrypted)"
 
 echo
 echo "== 7. Seed 001's lock: the tenant admin locks the tenant with the active key; nothing unwraps"
@@ -142,6 +241,9 @@ as storage-node db unwrap --env "$PROD" --db "$DB"
 LOCKED_RC=$?
 set -e
 echo "   exit code $LOCKED_RC: the environment is locked for everyone"
+echo "   and tdenode: its next lease renewal is refused, the DEK wiped, every read and write refused:"
+T=$(until_code 6 "$PAGES_DB" 1)
+echo "   refused (exit code 6) $T after the lock (leases here: $LEASE s): $(cat "$WORK/tde.err")"
 echo "   unlocking is refused for 1 h; an hour later the same key is uploaded again, then the environment unlocked:"
 as tenant-admin key unlock --tenant "$TENANT" --key "$KEY2" --pfx "$WORK/own.pfx" --password-file "$WORK/pfx-password" || true
 as operator clock advance --seconds 3600 >/dev/null
@@ -149,6 +251,9 @@ as tenant-admin key unlock --tenant "$TENANT" --key "$KEY2" --pfx "$WORK/own.pfx
 as environment-admin env unlock --env "$PROD" >/dev/null
 CHECK5=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
 echo "   database key check value after unlock: $CHECK5"
+T=$(until_code 0 "$PAGES_DB" 1)
+PAGE3=$(page_sum "$PAGES_DB" 1)
+echo "   tdenode serves the page again $T after the unlock, the same bytes: SHA-256 $PAGE3"
 
 echo
 echo "== 8. The auditor lists the token: every private key sensitive, not extractable, decrypt/unwrap only"
@@ -160,6 +265,18 @@ stop_vaultd
 start_vaultd
 CHECK4=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
 echo "   check value after restart: $CHECK4"
+T=$(until_code 0 "$PAGES_DB" 1)
+PAGE4=$(page_sum "$PAGES_DB" 1)
+echo "   tdenode found the restarted vault (another port) by itself; page 1: $PAGE4"
+
+echo
+echo "== 9b. The tdenode admin backs the database up (sealed pages + manifest, no key) and restores it into a new database"
+BK=$(tde admin backup create --env "$PROD" --db "$PAGES_DB" | tee /dev/stderr | field backup_id)
+RESTORED=$(tde admin restore --backup "$BK" --to-env "$PROD" --name orders-restored | field database_id)
+PAGE5=$(page_sum "$RESTORED" 1)
+echo "   restored as $RESTORED (every page re-sealed under its own key); page 1: $PAGE5"
+echo "   restoring into the sandbox is refused by the vault (this storage node is not bound to it, and it is not on the production key):"
+tde admin restore --backup "$BK" --to-env "$SBX" --name nope || true
 
 echo
 echo "== 10. A storage node asking for another environment is refused (exit code 5)"
@@ -170,12 +287,15 @@ set -e
 echo "   exit code $rc"
 
 if [ "$CHECK1" = "$CHECK2" ] && [ "$CHECK2" = "$CHECK3" ] && [ "$CHECK3" = "$CHECK4" ] && [ "$CHECK4" = "$CHECK5" ] &&
-    [ -n "$CHECK1" ] && [ "$rc" = 5 ] && [ "$LOCKED_RC" = 6 ]; then
+    [ -n "$CHECK1" ] && [ "$rc" = 5 ] && [ "$LOCKED_RC" = 6 ] && [ -n "$PAGE1" ] &&
+    [ "$PAGE1" = "$PAGE2" ] && [ "$PAGE2" = "$PAGE3" ] && [ "$PAGE3" = "$PAGE4" ] && [ "$PAGE4" = "$PAGE5" ] && [ "$IO_FAILED" = 0 ] && [ "$IO_OK" -gt 0 ]; then
     echo
-    echo "== OK: the database key survived the service key, two tenant keys, a lock and a restart ($CHECK1)"
+    echo "== OK: the database key survived the service key, two tenant keys, a lock and a restart ($CHECK1);"
+    echo "   tdenode's page read back the same through the activation, the lock, the restart and a restore ($PAGE1)"
 else
-    echo "== FAILED: check values differ ($CHECK1 $CHECK2 $CHECK3 $CHECK5 $CHECK4) or exit codes $rc $LOCKED_RC" >&2
+    echo "== FAILED: check values differ ($CHECK1 $CHECK2 $CHECK3 $CHECK5 $CHECK4; pages $PAGE1 $PAGE2 $PAGE3 $PAGE4 $PAGE5) or exit codes $rc $LOCKED_RC" >&2
     exit 1
 fi
-stop_vaultd
-echo "== vaultd stopped; run it again with: build/vault/vaultd --dev --state-dir state/quickstart"
+stop_all
+echo "== vaultd and tdenode stopped; run them again with: build/vault/vaultd --dev --state-dir state/quickstart"
+echo "   and build/storage/tdenode --dev --vault-state state/quickstart"

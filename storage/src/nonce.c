@@ -25,6 +25,7 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include "kv_log.h"
 #include "node.h"
 
 #define NONCE_SLOT_B 4096
@@ -206,6 +207,10 @@ kv_result tde_nonce_take(tde_nonce *n, uint32_t count, uint32_t *epoch, uint64_t
             if (kv_ok(r)) {
                 n->seq++;
                 n->reserved = upto;
+                if (upto >= n->limit / 10 * 9)
+                    KV_LOG_WARN("a DEK has sealed %llu of its %llu pages (the AES-GCM limit): "
+                                "re-key its database before writes are refused (docs/tdenode.md)",
+                                (unsigned long long)n->next, (unsigned long long)n->limit);
             }
         }
         if (kv_ok(r)) {
