@@ -219,7 +219,7 @@ kv_result tde_backup_create(tde_node *n, tde_db *db, const char *principal, bool
         char parent[PATH_MAX];
         if (kv_ok(r))
             r = tde_node_path(n, parent, sizeof(parent), "backups", db->env_id, db->db_id, NULL);
-        if (kv_ok(r)) r = tde_fsync_dir(parent);
+        if (kv_ok(r)) r = tde_fsync_up(parent, n->cfg.data_dir);
     }
     if (kv_ok(r)) {
         snprintf(path, sizeof(path), "%s/manifest", final_dir);

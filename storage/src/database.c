@@ -204,6 +204,7 @@ kv_result tde_db_attach_locked(tde_db *db, page_key *key)
                     "(torn or incomplete at a crash)",
                     db->db_id, (unsigned long long)dropped);
     if (kv_ok(r)) r = db_open_counter(db);
+    if (kv_ok(r)) r = tde_fsync_dir(db->dir); /* the page file and journal may be new */
     if (kv_failed(r)) {
         tde_journal_close(&db->journal);
         close(db->pages_fd);
@@ -266,7 +267,7 @@ kv_result tde_db_wipe_locked(tde_db *db, uint32_t dek_version, uint64_t counter_
     db->dek_version = dek_version;
     db->created_at = m.created_at;
     db->removed = false;
-    return tde_fsync_dir(db->dir);
+    return tde_fsync_up(db->dir, db->node->cfg.data_dir);
 }
 
 /* ---- I/O ------------------------------------------------------------------ */

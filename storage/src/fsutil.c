@@ -95,3 +95,19 @@ kv_result tde_path_join(char *out, size_t cap, const char *dir, const char *name
     KV_ENSURE(w > 0 && (size_t)w < cap, KV_ERR_INVALID_ARGUMENT, "path too long under %s", dir);
     return KV_SUCCESS;
 }
+
+kv_result tde_fsync_up(const char *dir, const char *root)
+{
+    char path[PATH_MAX];
+    KV_ENSURE(snprintf(path, sizeof(path), "%s", dir) < (int)sizeof(path), KV_ERR_INVALID_ARGUMENT,
+              "path too long: %s", dir);
+    size_t root_len = strlen(root);
+    for (;;) {
+        KV_GUARD(tde_fsync_dir(path));
+        char *slash = strrchr(path, '/');
+        if (slash == NULL || (size_t)(slash - path) < root_len ||
+            strncmp(path, root, root_len) != 0)
+            return KV_SUCCESS;
+        *slash = '\0';
+    }
+}

@@ -85,8 +85,50 @@ static void j_index_put(tde_journal *j, uint64_t page_no, uint32_t record)
     if (page_no + 1 > j->max_page_plus1) j->max_page_plus1 = page_no + 1;
 }
 
+/* Makes room for more entries: the table doubles (rehash) while it would be
+ * more than half full, so a database written little costs little memory. */
+static kv_result j_index_reserve(tde_journal *j, size_t more)
+{
+    while ((j->used + more) * 2 > j->cap) {
+        size_t cap = j->cap * 2;
+        uint64_t *keys = calloc(cap, sizeof(*keys));
+        uint32_t *vals = calloc(cap, sizeof(*vals));
+        if (keys == NULL || vals == NULL) {
+            free(keys);
+            free(vals);
+            KV_BAIL(KV_ERR_RESOURCE_EXHAUSTED, "out of memory for the journal index");
+        }
+        uint64_t *old_keys = j->keys;
+        uint32_t *old_vals = j->vals;
+        size_t old_cap = j->cap;
+        j->keys = keys;
+        j->vals = vals;
+        j->cap = cap;
+        j->used = 0;
+        for (size_t i = 0; i < old_cap; i++)
+            if (old_keys[i] != 0) j_index_put(j, old_keys[i] - 1, old_vals[i]);
+        free(old_keys);
+        free(old_vals);
+    }
+    return KV_SUCCESS;
+}
+
 static void j_index_clear(tde_journal *j)
 {
+    if (j->cap > 1024) { /* give a big index back after a checkpoint */
+        uint64_t *keys = calloc(64, sizeof(*keys));
+        uint32_t *vals = calloc(64, sizeof(*vals));
+        if (keys != NULL && vals != NULL) {
+            free(j->keys);
+            free(j->vals);
+            j->keys = keys;
+            j->vals = vals;
+            j->cap = 64;
+        } else {
+            free(keys);
+            free(vals);
+        }
+    }
     memset(j->keys, 0, j->cap * sizeof(*j->keys));
     j->used = 0;
     j->max_page_plus1 = 0;
@@ -151,6 +193,7 @@ static kv_result j_recover(tde_journal *j, tde_journal_check_fn check, void *arg
                 size_t g = 0;
                 uint8_t hb[TDE_JREC_HEADER];
                 r = tde_pread_upto(j->fd, hb, sizeof(hb), j_offset(i), &g, "the journal");
+                if (kv_ok(r)) r = j_index_reserve(j, 1);
                 if (kv_failed(r)) break;
                 j_index_put(j, j_get_be(hb + 24), (uint32_t)i);
             }
@@ -173,12 +216,9 @@ kv_result tde_journal_open(tde_journal *j, const char *path, size_t capacity,
     pthread_mutex_init(&j->mu, NULL);
     j->capacity = capacity;
     *dropped = 0;
-    size_t cap = 16;
-    while (cap < 2 * (capacity + TDE_MAX_BATCH))
-        cap *= 2;
-    j->cap = cap;
-    j->keys = calloc(cap, sizeof(*j->keys));
-    j->vals = calloc(cap, sizeof(*j->vals));
+    j->cap = 64; /* grows with the pages written (j_index_reserve) */
+    j->keys = calloc(j->cap, sizeof(*j->keys));
+    j->vals = calloc(j->cap, sizeof(*j->vals));
     kv_result r = KV_SUCCESS;
     KV_ENSURE_GOTO(j->keys != NULL && j->vals != NULL, r, fail, KV_ERR_RESOURCE_EXHAUSTED,
                    "out of memory for the journal index");
@@ -218,10 +258,12 @@ kv_result tde_journal_append(tde_journal *j, uint8_t *recs, size_t n, const uint
     KV_ENSURE(n >= 1, KV_ERR_INTERNAL, "empty journal batch");
     kv_result r = KV_SUCCESS;
     pthread_mutex_lock(&j->mu);
-    if (j->used + n > j->cap / 2 || j->records + n > j->capacity) {
+    if (j->records + n > j->capacity) {
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "the journal is full");
         goto out;
     }
+    r = j_index_reserve(j, n);
+    if (kv_failed(r)) goto out;
     for (size_t i = 0; i < n; i++) {
         uint8_t *h = recs + i * TDE_JREC;
         memset(h, 0, TDE_JREC_HEADER);
@@ -275,7 +317,7 @@ size_t tde_journal_count(tde_journal *j)
 bool tde_journal_full(tde_journal *j, size_t more)
 {
     pthread_mutex_lock(&j->mu);
-    bool full = j->used + more > j->cap / 2 || j->records + more > j->capacity;
+    bool full = j->records + more > j->capacity;
     pthread_mutex_unlock(&j->mu);
     return full;
 }

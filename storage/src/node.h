@@ -373,6 +373,9 @@ KV_RESULT tde_rmtree(const char *path);
 /* dir/name, or INVALID_ARGUMENT when it does not fit. */
 KV_RESULT tde_path_join(char *out, size_t cap, const char *dir, const char *name);
 KV_RESULT tde_fsync_dir(const char *path);
+/* fsync of dir and each parent up to root (a directory just made must be
+ * named durably by its parent, and so on). */
+KV_RESULT tde_fsync_up(const char *dir, const char *root);
 void tde_random_id(const char *prefix, char *out, size_t cap);
 /* pread/pwrite of exactly n bytes (a short read returns the count). */
 KV_RESULT tde_pwrite_all(int fd, const void *buf, size_t n, off_t off, const char *what);

@@ -394,6 +394,31 @@ static void test_journal(void)
     CHECK(tde_journal_count(&j) == 0);
     tde_journal_close(&j);
 
+    /* The index grows with the pages written, and recovers the same. */
+    path_of(path, sizeof(path), "journal-big");
+    CHECK_OK(tde_journal_open(&j, path, 4096, check_page, NULL, &dropped));
+    uint64_t batch[256];
+    for (uint64_t k = 0; k < 12; k++) {
+        for (size_t i = 0; i < 256; i++)
+            batch[i] = k * 1000 + i;
+        CHECK_OK(append(&j, batch, 256, (uint8_t)(k + 1)));
+    }
+    int missing = 0;
+    for (uint64_t k = 0; k < 12; k++)
+        for (size_t i = 0; i < 256; i++)
+            missing += fill_at(&j, k * 1000 + i) != (uint8_t)(k + 1);
+    CHECK(missing == 0 && j.cap >= 2 * 12 * 256);
+    tde_journal_close(&j);
+    CHECK_OK(tde_journal_open(&j, path, 4096, check_page, NULL, &dropped));
+    missing = 0;
+    for (uint64_t k = 0; k < 12; k++)
+        for (size_t i = 0; i < 256; i++)
+            missing += fill_at(&j, k * 1000 + i) != (uint8_t)(k + 1);
+    CHECK(missing == 0 && dropped == 0 && tde_journal_count(&j) == 12 * 256);
+    CHECK_OK(tde_journal_reset(&j));
+    CHECK(j.cap == 64 && tde_journal_find(&j, 5) < 0);
+    tde_journal_close(&j);
+
     /* The record header parser. */
     uint8_t h[TDE_JREC_HEADER] = {0};
     memcpy(h, "HVTJ", 4);
