@@ -443,10 +443,28 @@ kv_result tde_db_write(tde_db *db, const uint64_t *page_nos, const uint8_t *cons
     return tde_db_flush(db);
 }
 
+/* A database not attached since this process started may still have
+ * journal writes of the previous one in the page cache (killed before a
+ * flush): they are synced by path, no key needed. */
+static kv_result db_sync_detached(const tde_db *db)
+{
+    char path[PATH_MAX];
+    KV_GUARD(db_file(db, "journal", path, sizeof(path)));
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return KV_SUCCESS; /* nothing written yet */
+    int rc = fdatasync(fd);
+    int e = errno;
+    close(fd);
+    KV_ENSURE(rc == 0, KV_ERR_UNAVAILABLE, "cannot sync %s: %s", path, strerror(e));
+    return KV_SUCCESS;
+}
+
 kv_result tde_db_flush(tde_db *db)
 {
     pthread_rwlock_rdlock(&db->io);
-    kv_result r = db->attached ? tde_journal_sync(&db->journal) : KV_SUCCESS;
+    kv_result r = db->attached  ? tde_journal_sync(&db->journal)
+                  : db->removed ? KV_SUCCESS
+                                : db_sync_detached(db);
     bool due = kv_ok(r) && db->attached &&
                tde_journal_count(&db->journal) >= db->node->cfg.checkpoint_pages;
     pthread_rwlock_unlock(&db->io);
