@@ -49,21 +49,26 @@ stop_vaultd() {
 }
 trap stop_all EXIT INT TERM
 
+# wait_ready NAME PID ADDR_FILE LOG: waits until a server wrote its address.
+wait_ready() {
+    i=0
+    while [ ! -f "$3" ]; do
+        if ! kill -0 "$2" 2>/dev/null; then
+            echo "$1 failed to start:" >&2
+            cat "$4" >&2
+            exit 1
+        fi
+        i=$((i + 1))
+        [ $i -lt 600 ] || { echo "$1 did not start in 60 s" >&2; exit 1; }
+        sleep 0.1
+    done
+}
+
 start_vaultd() {
     rm -f "$STATE/vaultd.addr"
     "$VAULTD" --dev --state-dir "$STATE" --listen 127.0.0.1:0 --lease-seconds $LEASE >"$STATE.out" 2>>"$STATE.log" &
     PID=$!
-    i=0
-    while [ ! -f "$STATE/vaultd.addr" ]; do
-        if ! kill -0 "$PID" 2>/dev/null; then
-            echo "vaultd failed to start:" >&2
-            cat "$STATE.log" >&2
-            exit 1
-        fi
-        i=$((i + 1))
-        [ $i -lt 600 ] || { echo "vaultd did not start in 60 s" >&2; exit 1; }
-        sleep 0.1
-    done
+    wait_ready vaultd "$PID" "$STATE/vaultd.addr" "$STATE.log"
     echo "== vaultd --dev listening on $(cat "$STATE/vaultd.addr") (pid $PID; log $STATE.log)"
 }
 
@@ -71,17 +76,7 @@ start_tdenode() {
     rm -f "$STATE/tdenode.addr"
     "$TDENODE" --dev --vault-state "$STATE" --listen 127.0.0.1:0 >"$STATE.tdenode.out" 2>>"$STATE.tdenode.log" &
     NODE_PID=$!
-    i=0
-    while [ ! -f "$STATE/tdenode.addr" ]; do
-        if ! kill -0 "$NODE_PID" 2>/dev/null; then
-            echo "tdenode failed to start:" >&2
-            cat "$STATE.tdenode.log" >&2
-            exit 1
-        fi
-        i=$((i + 1))
-        [ $i -lt 600 ] || { echo "tdenode did not start in 60 s" >&2; exit 1; }
-        sleep 0.1
-    done
+    wait_ready tdenode "$NODE_PID" "$STATE/tdenode.addr" "$STATE.tdenode.log"
     echo "== tdenode --dev listening on $(cat "$STATE/tdenode.addr") (pid $NODE_PID; data in $STATE/tdenode; log $STATE.tdenode.log)"
 }
 
