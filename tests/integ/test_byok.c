@@ -445,6 +445,7 @@ static void test_openssl_cli_blob(void)
         CHECK(k->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_BYOK);
         CHECK(k->state == HSMVAULT__V1__KEY_STATE__KEY_STATE_ACTIVE); /* the first key */
         CHECK(strcmp(k->fingerprint, fp) == 0 && k->bits == 2048);
+        CHECK(strcmp(k->import_kid, "hsmvault:subscriptions/sub-a/import-keys/1") == 0);
         kv_pb_free(&k->base);
     }
     /* a key pair in the token: sensitive, never extractable, decrypt/unwrap */

@@ -175,6 +175,7 @@ void vault_key_to_api(const KeyRecord *r, Hsmvault__V1__TenantKey *out, char fp_
     out->activated_at = r->activated_at;
     out->created_by = r->created_by;
     out->bits = r->bits;
+    out->import_kid = r->import_kid;
 }
 
 void vault_env_to_api(const EnvironmentRecord *r, Hsmvault__V1__Environment *out)
