@@ -22,7 +22,6 @@
 
 #define BYOK_AES_KEY_BYTES 32
 
-
 /* Copies the value of a "# name: value" line into out. */
 static kv_result byok_header_value(const char *line, size_t n, const char *name, char *out,
                                    size_t cap, bool *matched)
@@ -90,6 +89,12 @@ kv_result byok_import_key_parse(const uint8_t *text, size_t len, byok_import_key
     if (kv_ok(r) && EVP_PKEY_get_base_id(pkey) != EVP_PKEY_RSA)
         r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
                          "the import key is not an RSA key");
+    /* below 2048 bits the transfer would be weaker than the RSA-2048 key it
+     * carries (the vault makes 2048, 3072 and 4096-bit import keys) */
+    if (kv_ok(r) && (EVP_PKEY_get_bits(pkey) < 2048 || EVP_PKEY_get_bits(pkey) > 8192))
+        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
+                         "the import key is RSA-%d; import keys are 2048 to 8192 bits",
+                         EVP_PKEY_get_bits(pkey));
     if (kv_ok(r)) {
         unsigned bits = (unsigned)EVP_PKEY_get_bits(pkey);
         if (out->bits != 0 && out->bits != bits)

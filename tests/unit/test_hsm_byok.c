@@ -17,6 +17,7 @@
 #include "byok_wrap.h"
 #include "hsm.h"
 #include "kv_softhsm.h"
+#include "kv_testkey.h"
 #include "kv_test.h"
 
 static kv_softhsm fx_vault, fx_admin;
@@ -53,30 +54,6 @@ static const hsm_object_info *find_info(const hsm_object_info *objs, size_t n, c
             strcmp(objs[i].object_class, cls) == 0)
             return &objs[i];
     return NULL;
-}
-
-static EVP_PKEY *keygen(const char *type, unsigned bits)
-{
-    if (strcmp(type, "EC") == 0) return EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    return EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)bits);
-}
-
-static void pkcs8_of(EVP_PKEY *k, kv_secret *out)
-{
-    PKCS8_PRIV_KEY_INFO *p8 = EVP_PKEY2PKCS8(k);
-    int n = i2d_PKCS8_PRIV_KEY_INFO(p8, NULL);
-    CHECK_OK(kv_secret_alloc(out, (size_t)n));
-    unsigned char *q = out->data;
-    out->len = (size_t)i2d_PKCS8_PRIV_KEY_INFO(p8, &q);
-    PKCS8_PRIV_KEY_INFO_free(p8);
-}
-
-static uint8_t *spki_of(EVP_PKEY *k, size_t *len)
-{
-    int n = i2d_PUBKEY(k, NULL);
-    uint8_t *b = malloc((size_t)n), *q = b;
-    *len = (size_t)i2d_PUBKEY(k, &q);
-    return b;
 }
 
 /* Software RSA-OAEP SHA-1 under an SPKI (a DEK wrapped as the vault does). */
@@ -161,9 +138,9 @@ static void refused(const import_key *ik, const uint8_t *ct, size_t len, hsm_oae
 static void round_trip(const import_key *ik, EVP_PKEY *tenant)
 {
     kv_secret p8 = KV_SECRET_INIT;
-    pkcs8_of(tenant, &p8);
+    kv_testkey_pkcs8(tenant, &p8);
     size_t want_len = 0, ct_len = 0;
-    uint8_t *want = spki_of(tenant, &want_len);
+    uint8_t *want = kv_testkey_spki(tenant, &want_len);
     uint8_t *ct = wrap(ik, &p8, &ct_len);
     CHECK(ct_len > ik->bits / 8 && (ct_len - ik->bits / 8) % 8 == 0);
 
@@ -220,7 +197,7 @@ static EVP_PKEY *tenant2048;
 
 static void test_round_trips(void)
 {
-    tenant2048 = keygen("RSA", 2048);
+    tenant2048 = kv_testkey_gen("RSA", 2048);
     CHECK(tenant2048 != NULL);
     import_key_make(2048, &ik2048);
     import_key_make(3072, &ik3072);
@@ -241,7 +218,7 @@ static void test_round_trips(void)
 static void test_bad_ciphertexts(void)
 {
     kv_secret p8 = KV_SECRET_INIT;
-    pkcs8_of(tenant2048, &p8);
+    kv_testkey_pkcs8(tenant2048, &p8);
     size_t len = 0;
     uint8_t *ct = wrap(&ik2048, &p8, &len);
     uint8_t *bad = malloc(len + 16);
@@ -281,19 +258,20 @@ static void test_bad_ciphertexts(void)
     kv_secret_free(&p8);
 
     /* targets that are not RSA-2048 */
-    EVP_PKEY *ec = keygen("EC", 0), *rsa4096 = keygen("RSA", 4096), *rsa3072 = keygen("RSA", 3072);
+    EVP_PKEY *ec = kv_testkey_gen("EC", 0), *rsa4096 = kv_testkey_gen("RSA", 4096),
+             *rsa3072 = kv_testkey_gen("RSA", 3072);
     CHECK(ec != NULL && rsa4096 != NULL && rsa3072 != NULL);
-    pkcs8_of(ec, &p8);
+    kv_testkey_pkcs8(ec, &p8);
     ct = wrap(&ik2048, &p8, &len);
     REFUSED(&ik2048, ct, len, KV_ERR_INVALID_ARGUMENT, "not an RSA private key");
     free(ct);
     kv_secret_free(&p8);
-    pkcs8_of(rsa4096, &p8);
+    kv_testkey_pkcs8(rsa4096, &p8);
     ct = wrap(&ik2048, &p8, &len);
     REFUSED(&ik2048, ct, len, KV_ERR_INVALID_ARGUMENT, "RSA-4096; only RSA-2048");
     free(ct);
     kv_secret_free(&p8);
-    pkcs8_of(rsa3072, &p8);
+    kv_testkey_pkcs8(rsa3072, &p8);
     ct = wrap(&ik4096, &p8, &len);
     REFUSED(&ik4096, ct, len, KV_ERR_INVALID_ARGUMENT, "RSA-3072; only RSA-2048");
     free(ct);
