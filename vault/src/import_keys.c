@@ -285,9 +285,30 @@ static kv_result vault_import_sweep_commit(store_txn *t, void *arg)
     return r;
 }
 
+/* Whether some version is due to retire (a read, so the minute timer
+ * writes nothing when there is nothing to do). */
+static kv_result vault_import_keys_due(vault *v, int64_t now, bool *due)
+{
+    store_txn *t;
+    store_list l = {0};
+    *due = false;
+    KV_GUARD(store_read_begin(v->store, &t));
+    kv_result r = vault_import_keys_collect(t, &l);
+    store_read_end(t);
+    for (size_t i = 0; kv_ok(r) && i < l.n && !*due; i++) {
+        const ImportKeyRecord *k = (const ImportKeyRecord *)l.items[i];
+        *due = !k->retired && strcmp(vault_import_key_state(v, k, now), "retired") == 0;
+    }
+    store_list_free(&l);
+    return r;
+}
+
 kv_result vault_import_keys_sweep(vault *v)
 {
     vault_import_sweep_ctx c = {.v = v, .now = kv_clock_now()};
+    bool due = false;
+    KV_GUARD(vault_import_keys_due(v, c.now, &due));
+    if (!due) return KV_SUCCESS;
     pthread_mutex_lock(&v->lifecycle);
     kv_result r = store_update(v->store, vault_import_sweep_commit, &c);
     /* committed: the objects are no longer named; a failed destroy is
