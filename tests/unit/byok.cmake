@@ -15,3 +15,6 @@ kv_add_test(NAME unit_byok_file LABEL unit SOURCES unit/test_byok_file.c lib/kv_
             LIBS byok_wrap hsm PkgConfig::OPENSSL TIMEOUT 300)
 kv_add_fuzz(NAME import_key SOURCES fuzz/fuzz_import_key.c LIBS byok_wrap PkgConfig::OPENSSL
             CORPUS import_key)
+# A .byok file is bound to the tenant's subscription before any token call:
+# the vault under test has no token at all (real LMDB store).
+kv_add_test(NAME unit_material LABEL unit SOURCES unit/test_material.c LIBS vault proto)
