@@ -844,12 +844,12 @@ static int cmd_byok_wrap(vc *c, const cli *a)
     kv_secret_free(&secret);
     if (key_file != NULL) kv_pb_buf_free(key_file, key_len); /* wipes the key file's bytes */
     if (kv_ok(r)) r = kv_file_write_new(a->out, json, json_len, 0600);
-    if (kv_ok(r) && !a->json)
-        printf("wrote %s for import key %s (RSA-OAEP %s + AES key wrap with padding)\n", a->out,
-               a->kid != NULL ? a->kid : ik.kid, kv_byok_hash_name(hash));
-    if (kv_ok(r) && a->json)
-        printf("{\"out\":\"%s\",\"kid\":\"%s\",\"oaep_hash\":\"%s\"}\n", a->out,
-               a->kid != NULL ? a->kid : ik.kid, kv_byok_hash_name(hash));
+    if (kv_ok(r)) {
+        print_pair out[] = {{"out", a->out, false},
+                            {"kid", a->kid != NULL ? a->kid : ik.kid, false},
+                            {"oaep_hash", kv_byok_hash_name(hash), false}};
+        print_pairs(stdout, out, KV_ARRAY_LEN(out), a->json);
+    }
     free(json);
     free(ik_text);
     byok_import_key_free(&ik);
@@ -874,11 +874,10 @@ static int cmd_byok_keygen(vc *c, const cli *a)
     SHA256(spki, spki_len, digest);
     kv_hex_encode(digest, sizeof(digest), hex);
     free(spki);
-    if (a->json)
-        printf("{\"token\":\"%s\",\"key_label\":\"%s\",\"fingerprint\":\"%s\"}\n", a->token,
-               a->key_label, hex);
-    else
-        printf("token: %s\nkey_label: %s\nfingerprint: %s\n", a->token, a->key_label, hex);
+    print_pair out[] = {{"token", a->token, false},
+                        {"key_label", a->key_label, false},
+                        {"fingerprint", hex, false}};
+    print_pairs(stdout, out, KV_ARRAY_LEN(out), a->json);
     return EXIT_OK;
 }
 
@@ -893,13 +892,13 @@ static int cmd_byok_show(vc *c, const cli *a)
     if (kv_ok(r)) r = kv_byok_parse(file, len, &b);
     free(file);
     if (kv_failed(r)) return fail();
-    if (a->json)
-        printf("{\"kid\":\"%s\",\"oaep_hash\":\"%s\",\"ciphertext_bytes\":%zu,\"generator\":\"%s\"}"
-               "\n",
-               b.kid, kv_byok_hash_name(b.oaep_hash), b.ciphertext_len, b.generator);
-    else
-        printf("kid: %s\noaep_hash: %s\nciphertext_bytes: %zu\ngenerator: %s\n", b.kid,
-               kv_byok_hash_name(b.oaep_hash), b.ciphertext_len, b.generator);
+    char bytes[32];
+    snprintf(bytes, sizeof(bytes), "%zu", b.ciphertext_len);
+    print_pair out[] = {{"kid", b.kid, false},
+                        {"oaep_hash", kv_byok_hash_name(b.oaep_hash), false},
+                        {"ciphertext_bytes", bytes, true},
+                        {"generator", b.generator, false}};
+    print_pairs(stdout, out, KV_ARRAY_LEN(out), a->json);
     kv_byok_free(&b);
     return EXIT_OK;
 }
