@@ -972,7 +972,7 @@ static const cmd commands[] = {
     {"byok", "wrap", cmd_byok_wrap,
      "--import-key FILE --out FILE (--key KEY-FILE [--password-file F | --password-stdin] | "
      "--pkcs11-module PATH --token LABEL --key-label LABEL [--pin-file F | --pin-stdin]) "
-     "[--oaep-hash sha1|sha256]",
+     "[--oaep-hash sha1|sha256] [--kid KID]",
      "wrap an RSA-2048 tenant key for an import key into a .byok file, in process or inside "
      "your own PKCS#11 token (offline)"},
     {"byok", "keygen", cmd_byok_keygen,
@@ -985,14 +985,24 @@ static const cmd commands[] = {
 
 static void command_help(FILE *f, const cmd *c)
 {
-    fprintf(f, "usage: vaultctl %s%s%s [--config PROFILE] [--json] %s\n\n%s.\n", c->group,
-            c->verb ? " " : "", c->verb ? c->verb : "", c->args, c->help);
+    bool offline = strcmp(c->group, "byok") == 0;
+    fprintf(f, "usage: vaultctl %s%s%s %s[--json] %s\n\n%s.\n", c->group, c->verb ? " " : "",
+            c->verb ? c->verb : "", offline ? "" : "[--config PROFILE] ", c->args, c->help);
     if (strstr(c->args, "password") != NULL)
         fprintf(f, "\nThe password comes from --password-file FILE (its first line), "
                    "--password-stdin, or a\n"
                    "no-echo prompt on the terminal; never from the command line.\n");
-    fprintf(f, "\nThe profile comes from --config or $VAULTCTL_CONFIG.  See `vaultctl --help` for "
-               "exit codes.\n");
+    if (strstr(c->args, "--pin-") != NULL)
+        fprintf(f,
+                "\nThe token's user PIN comes from --pin-file FILE (its first line), --pin-stdin, "
+                "or a\nno-echo prompt on the terminal; never from the command line.  The "
+                "module is named\nby its absolute path.\n");
+    if (offline)
+        fprintf(f, "\nRuns on local files (and your own token): no vault, no profile.  See "
+                   "docs/byok.md;\n`vaultctl --help` for exit codes.\n");
+    else
+        fprintf(f, "\nThe profile comes from --config or $VAULTCTL_CONFIG.  See `vaultctl --help` "
+                   "for exit codes.\n");
 }
 
 static void help(FILE *f)
