@@ -47,6 +47,7 @@ enum {
 
 #define MAX_CONTACTS 32
 #define PFX_FILE_MAX (64u * 1024u)
+#define KEY_FILE_MAX (64u * 1024u) /* a private key file: an RSA-8192 PEM is ~6 KiB */
 
 typedef struct {
     const char *name, *tenant, *env, *key, *db, *principal, *role, *type, *subscription, *out, *pfx;
@@ -798,6 +799,14 @@ static int usage_token(const cli *a)
     return EXIT_OK;
 }
 
+static bool bytes_contain(const uint8_t *p, size_t n, const char *word)
+{
+    size_t m = strlen(word);
+    for (size_t i = 0; i + m <= n; i++)
+        if (memcmp(p + i, word, m) == 0) return true;
+    return false;
+}
+
 static int cmd_byok_wrap(vc *c, const cli *a)
 {
     (void)c;
@@ -818,8 +827,9 @@ static int cmd_byok_wrap(vc *c, const cli *a)
                 a->out);
         return EXIT_EXISTS;
     }
-    uint8_t *ik_text = NULL, *key_file = NULL;
-    size_t ik_len = 0, key_len = 0;
+    uint8_t *ik_text = NULL;
+    size_t ik_len = 0;
+    kv_secret key_file = KV_SECRET_INIT; /* the private key file, in locked memory */
     byok_import_key ik;
     memset(&ik, 0, sizeof(ik));
     kv_secret secret = KV_SECRET_INIT; /* the PIN, or the key file's password */
@@ -832,17 +842,17 @@ static int cmd_byok_wrap(vc *c, const cli *a)
         byok_token tok = {a->pkcs11_module, a->token, a->key_label, &secret};
         if (kv_ok(r)) r = byok_file_from_token(&ik, a->kid, hash, &tok, &json, &json_len);
     } else if (kv_ok(r)) {
-        r = kv_file_read(a->key, 1u << 20, &key_file, &key_len);
+        r = kv_secret_read_file_exact(&key_file, a->key, KEY_FILE_MAX);
         /* a password only for an encrypted key file (PKCS#8 or traditional PEM) */
-        bool encrypted = kv_ok(r) && (strstr((const char *)key_file, "ENCRYPTED") != NULL ||
+        bool encrypted = kv_ok(r) && (bytes_contain(key_file.data, key_file.len, "ENCRYPTED") ||
                                       a->password_file != NULL || a->password_stdin);
         if (encrypted) r = read_password(a, false, &secret);
         if (kv_ok(r))
-            r = byok_file_from_key(&ik, a->kid, hash, key_file, key_len, encrypted ? &secret : NULL,
-                                   &json, &json_len);
+            r = byok_file_from_key(&ik, a->kid, hash, key_file.data, key_file.len,
+                                   encrypted ? &secret : NULL, &json, &json_len);
     }
     kv_secret_free(&secret);
-    if (key_file != NULL) kv_pb_buf_free(key_file, key_len); /* wipes the key file's bytes */
+    kv_secret_free(&key_file);
     if (kv_ok(r)) r = kv_file_write_new(a->out, json, json_len, 0600);
     if (kv_ok(r)) {
         print_pair out[] = {{"out", a->out, false},

@@ -189,6 +189,11 @@ expect 2 "byok wrap with a bad hash" -- "$VAULTCTL" byok wrap --import-key "$TMP
 expect 0 "upload vaultctl-made .byok" -- as tenant-admin key upload --tenant "$T1" --name from-vaultctl --byok "$TMP/k3.byok"
 K3=$(id_of key)
 grep -q "available" "$TMP/out" && ok || bad "second key not available: $(cat "$TMP/out")"
+# the same key from a DER PKCS#8 file (binary, read byte for byte): the vault
+# sees the same key again
+openssl pkcs8 -topk8 -nocrypt -in "$TMP/k3.pem" -outform DER -out "$TMP/k3.der"
+expect 0 "byok wrap (software, DER PKCS#8)" -- "$VAULTCTL" byok wrap --import-key "$TMP/ik1.pem" --key "$TMP/k3.der" --out "$TMP/k3-der.byok"
+refused 8 "the DER-made file of the same key" "$TMP/k3-der.byok"
 expect 0 "byok wrap --oaep-hash sha256" -- "$VAULTCTL" byok wrap --import-key "$TMP/ik1.pem" --key "$TMP/k2.pem" --oaep-hash sha256 --out "$TMP/k2-256.byok"
 grep -q '"oaep_hash": "SHA-256"' "$TMP/k2-256.byok" && ok || bad "no oaep_hash field: $(cat "$TMP/k2-256.byok")"
 refused 3 "vaultctl SHA-256 file on a SHA-1 token" "$TMP/k2-256.byok"

@@ -16,7 +16,10 @@
 #include "kv_secret.h"
 #include "kv_test.h"
 
-static kv_result fails_with_not_found(void) { KV_BAIL(KV_ERR_NOT_FOUND, "tenant %s not found", "t1"); }
+static kv_result fails_with_not_found(void)
+{
+    KV_BAIL(KV_ERR_NOT_FOUND, "tenant %s not found", "t1");
+}
 static kv_result propagates(void)
 {
     KV_GUARD(fails_with_not_found());
@@ -86,7 +89,8 @@ static void test_secret(void)
     /* the memory is wiped by clear, before it is unmapped by free */
     kv_secret_clear(&s);
     int all_zero = 1;
-    for (size_t i = 0; i < 32; i++) all_zero &= mem[i] == 0;
+    for (size_t i = 0; i < 32; i++)
+        all_zero &= mem[i] == 0;
     CHECK(all_zero);
     CHECK(s.len == 0);
     kv_secret_free(&s);
@@ -115,6 +119,12 @@ static void test_secret(void)
     CHECK(pin.len == 4 && memcmp(pin.data, "1234", 4) == 0);
     kv_secret_free(&pin);
     CHECK_ERR(kv_secret_read_file(&pin, path, 3), KV_ERR_INVALID_ARGUMENT);
+    CHECK(pin.data == NULL);
+    /* a binary secret (a DER key file) is read byte for byte */
+    CHECK_OK(kv_secret_read_file_exact(&pin, path, 64));
+    CHECK(pin.len == 6 && memcmp(pin.data, "1234\r\n", 6) == 0);
+    kv_secret_free(&pin);
+    CHECK_ERR(kv_secret_read_file_exact(&pin, path, 5), KV_ERR_INVALID_ARGUMENT);
     CHECK(pin.data == NULL);
     snprintf(path, sizeof(path), "%s/absent", dir);
     CHECK_ERR(kv_secret_read_file(&pin, path, 64), KV_ERR_NOT_FOUND);
@@ -158,14 +168,21 @@ static void test_base64(void)
 
     uint8_t out[16];
     size_t n;
-    CHECK_ERR(kv_base64_decode("Zg=", 3, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zg=", 3, KV_B64_STD, out, sizeof(out), &n),
+              KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(kv_base64_decode("Zg", 2, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Z===", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Zh==", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("-_-_", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("+/+/", 4, KV_B64_URL, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Zm9v\n", 5, KV_B64_URL, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Zm=v", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Z===", 4, KV_B64_STD, out, sizeof(out), &n),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zh==", 4, KV_B64_STD, out, sizeof(out), &n),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("-_-_", 4, KV_B64_STD, out, sizeof(out), &n),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("+/+/", 4, KV_B64_URL, out, sizeof(out), &n),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zm9v\n", 5, KV_B64_URL, out, sizeof(out), &n),
+              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zm=v", 4, KV_B64_STD, out, sizeof(out), &n),
+              KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(kv_base64_decode("Zm9vYmFy", 8, KV_B64_STD, out, 5, &n), KV_ERR_INVALID_ARGUMENT);
 
     char hex[7];
