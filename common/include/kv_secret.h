@@ -24,10 +24,7 @@ typedef struct {
     bool locked;    /* mlock succeeded */
 } kv_secret;
 
-#define KV_SECRET_INIT                                                                             \
-    {                                                                                              \
-        0                                                                                          \
-    }
+#define KV_SECRET_INIT {0}
 /* Upper bound for one secret: passwords, PINs and keys are far smaller. */
 #define KV_SECRET_MAX (1u << 20)
 

@@ -16,10 +16,7 @@
 #include "kv_secret.h"
 #include "kv_test.h"
 
-static kv_result fails_with_not_found(void)
-{
-    KV_BAIL(KV_ERR_NOT_FOUND, "tenant %s not found", "t1");
-}
+static kv_result fails_with_not_found(void) { KV_BAIL(KV_ERR_NOT_FOUND, "tenant %s not found", "t1"); }
 static kv_result propagates(void)
 {
     KV_GUARD(fails_with_not_found());
@@ -89,8 +86,7 @@ static void test_secret(void)
     /* the memory is wiped by clear, before it is unmapped by free */
     kv_secret_clear(&s);
     int all_zero = 1;
-    for (size_t i = 0; i < 32; i++)
-        all_zero &= mem[i] == 0;
+    for (size_t i = 0; i < 32; i++) all_zero &= mem[i] == 0;
     CHECK(all_zero);
     CHECK(s.len == 0);
     kv_secret_free(&s);
@@ -168,21 +164,14 @@ static void test_base64(void)
 
     uint8_t out[16];
     size_t n;
-    CHECK_ERR(kv_base64_decode("Zg=", 3, KV_B64_STD, out, sizeof(out), &n),
-              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zg=", 3, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(kv_base64_decode("Zg", 2, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Z===", 4, KV_B64_STD, out, sizeof(out), &n),
-              KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Zh==", 4, KV_B64_STD, out, sizeof(out), &n),
-              KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("-_-_", 4, KV_B64_STD, out, sizeof(out), &n),
-              KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("+/+/", 4, KV_B64_URL, out, sizeof(out), &n),
-              KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Zm9v\n", 5, KV_B64_URL, out, sizeof(out), &n),
-              KV_ERR_INVALID_ARGUMENT);
-    CHECK_ERR(kv_base64_decode("Zm=v", 4, KV_B64_STD, out, sizeof(out), &n),
-              KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Z===", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zh==", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("-_-_", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("+/+/", 4, KV_B64_URL, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zm9v\n", 5, KV_B64_URL, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
+    CHECK_ERR(kv_base64_decode("Zm=v", 4, KV_B64_STD, out, sizeof(out), &n), KV_ERR_INVALID_ARGUMENT);
     CHECK_ERR(kv_base64_decode("Zm9vYmFy", 8, KV_B64_STD, out, 5, &n), KV_ERR_INVALID_ARGUMENT);
 
     char hex[7];
