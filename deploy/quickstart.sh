@@ -4,11 +4,13 @@
 # and LMDB store under state/quickstart), then drives one short scenario with
 # vaultctl, printing every command: a tenant, environments, a storage node's
 # database key, a generated tenant key applied to production, an uploaded
-# key activated with a live re-wrap, the token audit, and a restart that
-# unwraps the same key.  It also starts `tdenode --dev` beside it (the TDE
-# storage node) and shows pages written, read back after a key activation,
-# refused during the lock, readable again after the unlock, backed up and
-# restored.  Stops both at the end; state stays for a rerun of
+# key activated with a live re-wrap, a lock and unlock, a BYOK key (a .byok
+# file for the import key, made by vaultctl and by the openssl command line)
+# activated, the token audit, and a restart that unwraps the same key.  It
+# also starts `tdenode --dev` beside it (the TDE storage node) and shows pages
+# written, read back after a key activation, refused during the lock,
+# readable again after the unlock, backed up and restored.  Stops both at
+# the end; state stays for a rerun of
 # `build/vault/vaultd --dev --state-dir state/quickstart` (and
 # `build/storage/tdenode --dev --vault-state state/quickstart`).
 set -eu
@@ -251,6 +253,23 @@ PAGE3=$(page_sum "$PAGES_DB" 1)
 echo "   tdenode serves the page again $T after the unlock, the same bytes: SHA-256 $PAGE3"
 
 echo
+echo "== 7b. BYOK: the tenant admin brings a key as a .byok file wrapped for the subscription's import key"
+as tenant-admin key import-key --tenant "$TENANT" --out "$WORK/importkey.pem"
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/byok.key" 2>/dev/null
+echo "   wrapped on the admin's side, in process (vaultctl byok wrap needs no vault):"
+"$VAULTCTL" byok wrap --import-key "$WORK/importkey.pem" --key "$WORK/byok.key" --out "$WORK/byok.byok"
+echo "   and with the openssl command line alone (deploy/byok-openssl.sh, docs/byok.md):"
+sh "$ROOT/deploy/byok-openssl.sh" "$WORK/importkey.pem" "$WORK/byok.key" "$WORK/byok-openssl.byok"
+KEY3=$(as tenant-admin key upload --tenant "$TENANT" --name byok-2026 --byok "$WORK/byok-openssl.byok" |
+    tee /dev/stderr | field id)
+echo "   the same key again (the vaultctl-made file) is refused: it is a key of the tenant already"
+as tenant-admin key upload --tenant "$TENANT" --name byok-again --byok "$WORK/byok.byok" || true
+as operator clock advance --seconds 86400 >/dev/null
+as tenant-admin key activate --tenant "$TENANT" --key "$KEY3" >/dev/null
+CHECK6=$(as storage-node db unwrap --env "$PROD" --db "$DB" | field dek_sha256)
+echo "   database key check value under the BYOK key: $CHECK6"
+
+echo
 echo "== 8. The auditor lists the token: every private key sensitive, not extractable, decrypt/unwrap only"
 as auditor audit token
 
@@ -282,10 +301,11 @@ set -e
 echo "   exit code $rc"
 
 if [ "$CHECK1" = "$CHECK2" ] && [ "$CHECK2" = "$CHECK3" ] && [ "$CHECK3" = "$CHECK4" ] && [ "$CHECK4" = "$CHECK5" ] &&
+    [ "$CHECK5" = "$CHECK6" ] &&
     [ -n "$CHECK1" ] && [ "$rc" = 5 ] && [ "$LOCKED_RC" = 6 ] && [ -n "$PAGE1" ] &&
     [ "$PAGE1" = "$PAGE2" ] && [ "$PAGE2" = "$PAGE3" ] && [ "$PAGE3" = "$PAGE4" ] && [ "$PAGE4" = "$PAGE5" ] && [ "$IO_FAILED" = 0 ] && [ "$IO_OK" -gt 0 ]; then
     echo
-    echo "== OK: the database key survived the service key, two tenant keys, a lock and a restart ($CHECK1);"
+    echo "== OK: the database key survived the service key, three tenant keys (one from a .byok file), a lock and a restart ($CHECK1);"
     echo "   tdenode's page read back the same through the activation, the lock, the restart and a restore ($PAGE1)"
 else
     echo "== FAILED: check values differ ($CHECK1 $CHECK2 $CHECK3 $CHECK5 $CHECK4; pages $PAGE1 $PAGE2 $PAGE3 $PAGE4 $PAGE5) or exit codes $rc $LOCKED_RC" >&2

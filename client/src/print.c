@@ -170,3 +170,20 @@ void print_message(FILE *f, const ProtobufCMessage *m, bool json)
     print_message_at(f, m, json, 0);
     if (json) fputc('\n', f);
 }
+
+void print_pairs(FILE *f, const print_pair *pairs, size_t n, bool json)
+{
+    if (json) fputc('{', f);
+    for (size_t i = 0; i < n; i++) {
+        if (!json) {
+            fprintf(f, "%s: %s\n", pairs[i].name, pairs[i].value);
+            continue;
+        }
+        fprintf(f, "%s\"%s\":", i ? "," : "", pairs[i].name);
+        if (pairs[i].number)
+            fputs(pairs[i].value, f);
+        else
+            print_json_string(f, pairs[i].value);
+    }
+    if (json) fputs("}\n", f);
+}

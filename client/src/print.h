@@ -12,4 +12,14 @@
 
 void print_message(FILE *f, const ProtobufCMessage *m, bool json);
 
+/* Results that are no reply message (vaultctl's offline commands): name and
+ * value pairs as "name: value" lines or one JSON object (strings escaped;
+ * number values are printed bare in JSON). */
+typedef struct {
+    const char *name;
+    const char *value;
+    bool number;
+} print_pair;
+void print_pairs(FILE *f, const print_pair *pairs, size_t n, bool json);
+
 #endif

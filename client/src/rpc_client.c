@@ -45,6 +45,8 @@ struct rpc_client {
 static char rpc_arg_max_recv[] = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
 static char rpc_arg_max_send[] = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
 static char rpc_arg_name_override[] = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+static char rpc_arg_compression[] = GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION;
+static char rpc_arg_bdp_probe[] = GRPC_ARG_HTTP2_BDP_PROBE;
 
 static void rpc_free_wiped(void *p, size_t len)
 {
@@ -94,12 +96,17 @@ kv_result rpc_client_open(const rpc_client_config *cfg, rpc_client **out)
     KV_ENSURE_GOTO(creds != NULL, r, fail, KV_ERR_INVALID_ARGUMENT,
                    "gRPC refused the TLS configuration (%s)", cfg->ca_file);
 
-    grpc_arg args[3] = {
+    /* As on the server: no compression of messages that carry passwords or
+     * keys, no bandwidth probing for messages this small.  The name override,
+     * when there is one, comes last. */
+    grpc_arg args[5] = {
         {.type = GRPC_ARG_INTEGER, .key = rpc_arg_max_recv, .value.integer = (int)max_message},
         {.type = GRPC_ARG_INTEGER, .key = rpc_arg_max_send, .value.integer = (int)max_message},
+        {.type = GRPC_ARG_INTEGER, .key = rpc_arg_compression, .value.integer = 0},
+        {.type = GRPC_ARG_INTEGER, .key = rpc_arg_bdp_probe, .value.integer = 0},
         {.type = GRPC_ARG_STRING, .key = rpc_arg_name_override, .value.string = c->server_name},
     };
-    grpc_channel_args chargs = {.num_args = c->server_name != NULL ? 3 : 2, .args = args};
+    grpc_channel_args chargs = {.num_args = c->server_name != NULL ? 5 : 4, .args = args};
     c->channel = grpc_channel_create(cfg->target, creds, &chargs);
     grpc_channel_credentials_release(creds);
     KV_ENSURE_GOTO(c->channel != NULL, r, fail, KV_ERR_INVALID_ARGUMENT,

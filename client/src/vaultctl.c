@@ -22,7 +22,9 @@
 #include "hsmvault/v1/keys.pb-c.h"
 #include "hsmvault/v1/tenants.pb-c.h"
 #include "hsmvault/v1/testing.pb-c.h"
+#include "byok_file.h"
 #include "kv_base64.h"
+#include "kv_byok.h"
 #include "kv_file.h"
 #include "kv_pb.h"
 #include "kv_secret.h"
@@ -32,6 +34,7 @@
 
 #define MAX_CONTACTS 32
 #define PFX_FILE_MAX (64u * 1024u)
+#define KEY_FILE_MAX (64u * 1024u) /* a private key file: an RSA-8192 PEM is ~6 KiB */
 
 typedef struct {
     const char *name, *tenant, *env, *key, *db, *principal, *role, *type, *subscription, *out, *pfx;
@@ -40,6 +43,10 @@ typedef struct {
     size_t n_contacts;
     long long seconds;
     bool password_stdin, json, have_seconds;
+    /* BYOK (docs/byok.md) */
+    const char *byok, *import_key, *pkcs11_module, *token, *key_label, *pin_file, *kid, *oaep_hash;
+    unsigned bits;
+    bool pin_stdin;
 } cli;
 
 typedef int (*cmd_fn)(vc *c, const cli *a);
@@ -68,11 +75,11 @@ static int call_print(vc *c, const cli *a, const char *method, const ProtobufCMe
 }
 
 /* Reads a password without echo from the terminal. */
-static kv_result prompt_password(const char *prompt, kv_secret *out)
+static kv_result prompt_secret(const char *prompt, const char *what, kv_secret *out)
 {
     int fd = open("/dev/tty", O_RDWR | O_CLOEXEC);
     KV_ENSURE(fd >= 0, KV_ERR_INVALID_ARGUMENT,
-              "no terminal to ask for the password: use --password-file or --password-stdin");
+              "no terminal to ask for the %s: use --%s-file or --%s-stdin", what, what, what);
     struct termios old, quiet;
     bool restore = tcgetattr(fd, &old) == 0;
     if (restore) {
@@ -90,7 +97,7 @@ static kv_result prompt_password(const char *prompt, kv_secret *out)
         if (got <= 0 || ch == '\n') break;
         if (n >= 1024) {
             r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
-                             "password longer than 1024 bytes");
+                             "%s longer than 1024 bytes", what);
             break;
         }
         out->data[n++] = (uint8_t)ch;
@@ -104,26 +111,32 @@ static kv_result prompt_password(const char *prompt, kv_secret *out)
     return r;
 }
 
-/* A password file or stdin holds the password as its first line, as with
- * openssl's -passin file: (one trailing LF or CRLF is not part of it). */
-static kv_result read_password_line(const cli *a, kv_secret *out)
+static kv_result prompt_password(const char *prompt, kv_secret *out)
 {
-    if (a->password_file != NULL)
-        KV_GUARD(kv_secret_read_file(out, a->password_file, 1024));
+    return prompt_secret(prompt, "password", out);
+}
+
+/* A password (or PIN) file or stdin holds it as its first line, as with
+ * openssl's -passin file: (one trailing LF or CRLF is not part of it). */
+static kv_result read_secret_line(const char *file, const char *what, kv_secret *out)
+{
+    if (file != NULL)
+        KV_GUARD(kv_secret_read_file(out, file, 1024));
     else
         KV_GUARD(kv_secret_read_fd(out, 0, 1024));
     /* kv_secret_read_fd drops one trailing LF or CRLF. */
     if (memchr(out->data, '\n', out->len) != NULL) {
         kv_secret_free(out);
-        KV_BAIL(KV_ERR_INVALID_ARGUMENT, "the password %s holds more than one line",
-                a->password_file != NULL ? "file" : "on stdin");
+        KV_BAIL(KV_ERR_INVALID_ARGUMENT, "the %s %s holds more than one line", what,
+                file != NULL ? "file" : "on stdin");
     }
     return KV_SUCCESS;
 }
 
 static kv_result read_password(const cli *a, bool confirm, kv_secret *out)
 {
-    if (a->password_file != NULL || a->password_stdin) return read_password_line(a, out);
+    if (a->password_file != NULL || a->password_stdin)
+        return read_secret_line(a->password_file, "password", out);
     KV_GUARD(prompt_password("Password: ", out));
     if (!confirm) return KV_SUCCESS;
     kv_secret again = KV_SECRET_INIT;
@@ -334,7 +347,8 @@ static int cmd_key_generate(vc *c, const cli *a)
     return EXIT_OK;
 }
 
-/* A presented key: the PFX file and its password (wiped by material_free). */
+/* A presented key: the PFX file and its password, or a .byok file (wiped by
+ * material_free). */
 typedef struct {
     Hsmvault__V1__KeyMaterial m;
     uint8_t *file;
@@ -346,6 +360,15 @@ static kv_result material_load(const cli *a, material *out)
 {
     memset(out, 0, sizeof(*out));
     hsmvault__v1__key_material__init(&out->m);
+    KV_ENSURE((a->pfx != NULL) != (a->byok != NULL), KV_ERR_INVALID_ARGUMENT,
+              "give the key as exactly one of --pfx FILE and --byok FILE");
+    if (a->byok != NULL) {
+        /* wrapped for the vault's import key: no password */
+        KV_GUARD(kv_file_read(a->byok, KV_BYOK_FILE_MAX, &out->file, &out->len));
+        out->m.material_case = HSMVAULT__V1__KEY_MATERIAL__MATERIAL_BYOK;
+        out->m.byok = (ProtobufCBinaryData){out->len, out->file};
+        return KV_SUCCESS;
+    }
     KV_GUARD(kv_file_read(a->pfx, PFX_FILE_MAX, &out->file, &out->len));
     if (kv_failed(read_password(a, false, &out->pw))) {
         kv_pb_buf_free(out->file, out->len);
@@ -367,7 +390,8 @@ static int cmd_key_upload(vc *c, const cli *a)
 {
     NEED(tenant, "tenant");
     NEED(name, "name");
-    NEED(pfx, "pfx");
+    if ((a->pfx == NULL) == (a->byok == NULL))
+        return usage_error("give the key as exactly one of %s", "--pfx FILE and --byok FILE");
     material m;
     if (kv_failed(material_load(a, &m))) return fail();
     Hsmvault__V1__UploadKeyRequest req = HSMVAULT__V1__UPLOAD_KEY_REQUEST__INIT;
@@ -413,7 +437,8 @@ static kv_result confirm_on_tty(const char *text, char *out, size_t cap)
 static int cmd_tenant_lock(vc *c, const cli *a)
 {
     NEED(tenant, "tenant");
-    NEED(pfx, "pfx");
+    if ((a->pfx == NULL) == (a->byok == NULL))
+        return usage_error("give the key as exactly one of %s", "--pfx FILE and --byok FILE");
     char typed[256];
     const char *confirmation = a->confirm;
     if (confirmation == NULL) {
@@ -447,7 +472,8 @@ static int cmd_key_unlock(vc *c, const cli *a)
 {
     NEED(tenant, "tenant");
     NEED(key, "key");
-    NEED(pfx, "pfx");
+    if ((a->pfx == NULL) == (a->byok == NULL))
+        return usage_error("give the key as exactly one of %s", "--pfx FILE and --byok FILE");
     material m;
     if (kv_failed(material_load(a, &m))) return fail();
     Hsmvault__V1__UnlockKeyRequest req = HSMVAULT__V1__UNLOCK_KEY_REQUEST__INIT;
@@ -641,6 +667,195 @@ static int cmd_clock_advance(vc *c, const cli *a)
                       &hsmvault__v1__advance_clock_response__descriptor);
 }
 
+/* ---- BYOK (docs/byok.md) ---- */
+
+static int cmd_key_import_key(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    NEED(out, "out");
+    if (access(a->out, F_OK) == 0) {
+        fprintf(stderr, "vaultctl: ALREADY_EXISTS: %s already exists; refusing to overwrite it\n",
+                a->out);
+        return EXIT_EXISTS;
+    }
+    Hsmvault__V1__GetImportKeyRequest req = HSMVAULT__V1__GET_IMPORT_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    Hsmvault__V1__ImportKey *ik = NULL;
+    if (kv_failed(vc_call(c, "/hsmvault.v1.TenantKeys/GetImportKey", &req.base,
+                          &hsmvault__v1__import_key__descriptor, (ProtobufCMessage **)&ik)))
+        return fail();
+    char *text = NULL;
+    size_t len = 0;
+    kv_result r = byok_import_key_format(ik->kid, ik->subscription_id, ik->bits, ik->public_key_pem,
+                                         &text, &len);
+    /* a public key: readable by others is fine; an existing file is never replaced */
+    if (kv_ok(r)) r = kv_file_write_new(a->out, text, len, 0644);
+    if (kv_ok(r)) print_message(stdout, &ik->base, a->json);
+    free(text);
+    kv_pb_free(&ik->base);
+    if (kv_failed(r)) return fail();
+    if (!a->json)
+        fprintf(stderr,
+                "vaultctl: import key written to %s; wrap your key for it with `vaultctl byok "
+                "wrap --import-key %s ...`\n",
+                a->out, a->out);
+    return EXIT_OK;
+}
+
+static int cmd_import_key_rotate(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__RotateImportKeyRequest req = HSMVAULT__V1__ROTATE_IMPORT_KEY_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    req.bits = a->bits;
+    return call_print(c, a, "/hsmvault.v1.Tenants/RotateImportKey", &req.base,
+                      &hsmvault__v1__import_key__descriptor);
+}
+
+static int cmd_import_key_list(vc *c, const cli *a)
+{
+    NEED(tenant, "tenant");
+    Hsmvault__V1__ListImportKeysRequest req = HSMVAULT__V1__LIST_IMPORT_KEYS_REQUEST__INIT;
+    req.tenant_id = (char *)(uintptr_t)a->tenant;
+    return call_print(c, a, "/hsmvault.v1.Tenants/ListImportKeys", &req.base,
+                      &hsmvault__v1__list_import_keys_response__descriptor);
+}
+
+/* The admin token's PIN: --pin-file, --pin-stdin or a no-echo prompt. */
+static kv_result read_pin(const cli *a, kv_secret *out)
+{
+    if (a->pin_file != NULL || a->pin_stdin) return read_secret_line(a->pin_file, "PIN", out);
+    char prompt[128];
+    snprintf(prompt, sizeof(prompt), "PIN for token '%.64s': ", a->token);
+    return prompt_secret(prompt, "pin", out);
+}
+
+static int usage_token(const cli *a)
+{
+    if (a->pkcs11_module == NULL || a->token == NULL || a->key_label == NULL)
+        return usage_error("%s are required together",
+                           "--pkcs11-module PATH, --token LABEL and --key-label LABEL");
+    if (a->pin_file != NULL && a->pin_stdin)
+        return usage_error("give only one of --pin-file and %s", "--pin-stdin");
+    if (a->pin_stdin && a->password_stdin)
+        return usage_error("the PIN and the password cannot both come from %s", "stdin");
+    return EXIT_OK;
+}
+
+static bool bytes_contain(const uint8_t *p, size_t n, const char *word)
+{
+    size_t m = strlen(word);
+    for (size_t i = 0; i + m <= n; i++)
+        if (memcmp(p + i, word, m) == 0) return true;
+    return false;
+}
+
+static int cmd_byok_wrap(vc *c, const cli *a)
+{
+    (void)c;
+    NEED(import_key, "import-key");
+    NEED(out, "out");
+    bool token = a->pkcs11_module != NULL || a->token != NULL || a->key_label != NULL;
+    if (token == (a->key != NULL))
+        return usage_error("give the key to wrap as %s",
+                           "--key FILE, or --pkcs11-module/--token/--key-label");
+    if (token && usage_token(a) != EXIT_OK) return EXIT_USAGE;
+    kv_byok_hash hash = KV_BYOK_OAEP_SHA1;
+    if (a->oaep_hash != NULL && strcmp(a->oaep_hash, "sha256") == 0)
+        hash = KV_BYOK_OAEP_SHA256;
+    else if (a->oaep_hash != NULL && strcmp(a->oaep_hash, "sha1") != 0)
+        return usage_error("--oaep-hash is sha1 or sha256, not '%s'", a->oaep_hash);
+    if (access(a->out, F_OK) == 0) {
+        fprintf(stderr, "vaultctl: ALREADY_EXISTS: %s already exists; refusing to overwrite it\n",
+                a->out);
+        return EXIT_EXISTS;
+    }
+    uint8_t *ik_text = NULL;
+    size_t ik_len = 0;
+    kv_secret key_file = KV_SECRET_INIT; /* the private key file, in locked memory */
+    byok_import_key ik;
+    memset(&ik, 0, sizeof(ik));
+    kv_secret secret = KV_SECRET_INIT; /* the PIN, or the key file's password */
+    char *json = NULL;
+    size_t json_len = 0;
+    kv_result r = kv_file_read(a->import_key, BYOK_IMPORT_KEY_FILE_MAX, &ik_text, &ik_len);
+    if (kv_ok(r)) r = byok_import_key_parse(ik_text, ik_len, &ik);
+    if (kv_ok(r) && token) {
+        r = read_pin(a, &secret);
+        byok_token tok = {a->pkcs11_module, a->token, a->key_label, &secret};
+        if (kv_ok(r)) r = byok_file_from_token(&ik, a->kid, hash, &tok, &json, &json_len);
+    } else if (kv_ok(r)) {
+        r = kv_secret_read_file_exact(&key_file, a->key, KEY_FILE_MAX);
+        /* a password only for an encrypted key file (PKCS#8 or traditional PEM) */
+        bool encrypted = kv_ok(r) && (bytes_contain(key_file.data, key_file.len, "ENCRYPTED") ||
+                                      a->password_file != NULL || a->password_stdin);
+        if (encrypted) r = read_password(a, false, &secret);
+        if (kv_ok(r))
+            r = byok_file_from_key(&ik, a->kid, hash, key_file.data, key_file.len,
+                                   encrypted ? &secret : NULL, &json, &json_len);
+    }
+    kv_secret_free(&secret);
+    kv_secret_free(&key_file);
+    if (kv_ok(r)) r = kv_file_write_new(a->out, json, json_len, 0600);
+    if (kv_ok(r)) {
+        print_pair out[] = {{"out", a->out, false},
+                            {"kid", a->kid != NULL ? a->kid : ik.kid, false},
+                            {"oaep_hash", kv_byok_hash_name(hash), false}};
+        print_pairs(stdout, out, KV_ARRAY_LEN(out), a->json);
+    }
+    free(json);
+    free(ik_text);
+    byok_import_key_free(&ik);
+    return kv_ok(r) ? EXIT_OK : fail();
+}
+
+static int cmd_byok_keygen(vc *c, const cli *a)
+{
+    (void)c;
+    if (usage_token(a) != EXIT_OK) return EXIT_USAGE;
+    kv_secret pin = KV_SECRET_INIT;
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    kv_result r = read_pin(a, &pin);
+    byok_token tok = {a->pkcs11_module, a->token, a->key_label, &pin};
+    if (kv_ok(r))
+        r = byok_token_keygen(&tok, a->bits ? a->bits : BYOK_TENANT_KEY_BITS, &spki, &spki_len);
+    kv_secret_free(&pin);
+    if (kv_failed(r)) return fail();
+    uint8_t digest[SHA256_DIGEST_LENGTH];
+    char hex[2 * SHA256_DIGEST_LENGTH + 1];
+    SHA256(spki, spki_len, digest);
+    kv_hex_encode(digest, sizeof(digest), hex);
+    free(spki);
+    print_pair out[] = {{"token", a->token, false},
+                        {"key_label", a->key_label, false},
+                        {"fingerprint", hex, false}};
+    print_pairs(stdout, out, KV_ARRAY_LEN(out), a->json);
+    return EXIT_OK;
+}
+
+static int cmd_byok_show(vc *c, const cli *a)
+{
+    (void)c;
+    NEED(byok, "byok");
+    uint8_t *file = NULL;
+    size_t len = 0;
+    kv_byok b;
+    kv_result r = kv_file_read(a->byok, KV_BYOK_FILE_MAX, &file, &len);
+    if (kv_ok(r)) r = kv_byok_parse(file, len, &b);
+    free(file);
+    if (kv_failed(r)) return fail();
+    char bytes[32];
+    snprintf(bytes, sizeof(bytes), "%zu", b.ciphertext_len);
+    print_pair out[] = {{"kid", b.kid, false},
+                        {"oaep_hash", kv_byok_hash_name(b.oaep_hash), false},
+                        {"ciphertext_bytes", bytes, true},
+                        {"generator", b.generator, false}};
+    print_pairs(stdout, out, KV_ARRAY_LEN(out), a->json);
+    kv_byok_free(&b);
+    return EXIT_OK;
+}
+
 static const cmd commands[] = {
     {"whoami", NULL, cmd_whoami, "", "show your principal and role bindings"},
     {"tenant", "create", cmd_tenant_create, "--name N --subscription S --admin-contact EMAIL...",
@@ -666,16 +881,17 @@ static const cmd commands[] = {
      "--tenant T --name N --out FILE [--password-file F | --password-stdin]",
      "generate an RSA-2048 tenant key; its PFX is written to FILE (tenant-admin)"},
     {"key", "upload", cmd_key_upload,
-     "--tenant T --name N --pfx FILE [--password-file F | --password-stdin]",
-     "upload a tenant key from a password-protected PFX (tenant-admin)"},
+     "--tenant T --name N (--pfx FILE [--password-file F | --password-stdin] | --byok FILE)",
+     "upload a tenant key from a password-protected PFX or a .byok file (tenant-admin)"},
     {"key", "list", cmd_key_list, "--tenant T", "list tenant keys with state and fingerprint"},
     {"tenant", "lock-text", cmd_tenant_lock_text, "--tenant T",
      "show the text to type back to lock the tenant (tenant-admin)"},
     {"tenant", "lock", cmd_tenant_lock,
-     "--tenant T --pfx ACTIVE-KEY.pfx [--confirm TEXT] [--password-file F | --password-stdin]",
+     "--tenant T (--pfx ACTIVE-KEY.pfx [--password-file F | --password-stdin] | --byok FILE) "
+     "[--confirm TEXT]",
      "lock every customer-managed environment; the active key leaves the token (tenant-admin)"},
     {"key", "unlock", cmd_key_unlock,
-     "--tenant T --key K --pfx FILE [--password-file F | --password-stdin]",
+     "--tenant T --key K (--pfx FILE [--password-file F | --password-stdin] | --byok FILE)",
      "after a lock, upload the locked key again to make it active (tenant-admin)"},
     {"env", "may-restore", cmd_env_restore, "--from SOURCE-ENV --env TARGET-ENV",
      "may a backup of SOURCE be restored into TARGET? exit 0 yes, 6 no (storage-node)"},
@@ -699,18 +915,47 @@ static const cmd commands[] = {
      "list token objects with security attributes (auditor)"},
     {"clock", "advance", cmd_clock_advance, "--seconds N",
      "move the vault clock (vaultd --dev in test builds only; operator)"},
+    {"key", "import-key", cmd_key_import_key, "--tenant T --out FILE",
+     "download the subscription's BYOK import key (kid, subscription, PEM) into FILE "
+     "(tenant-admin)"},
+    {"import-key", "rotate", cmd_import_key_rotate, "--tenant T [--bits 2048|3072|4096]",
+     "make a new current import key for the tenant's subscription (operator)"},
+    {"import-key", "list", cmd_import_key_list, "--tenant T",
+     "list the subscription's import key versions and until when each is accepted"},
+    {"byok", "wrap", cmd_byok_wrap,
+     "--import-key FILE --out FILE (--key KEY-FILE [--password-file F | --password-stdin] | "
+     "--pkcs11-module PATH --token LABEL --key-label LABEL [--pin-file F | --pin-stdin]) "
+     "[--oaep-hash sha1|sha256] [--kid KID]",
+     "wrap an RSA-2048 tenant key for an import key into a .byok file, in process or inside "
+     "your own PKCS#11 token (offline)"},
+    {"byok", "keygen", cmd_byok_keygen,
+     "--pkcs11-module PATH --token LABEL --key-label LABEL [--pin-file F | --pin-stdin]",
+     "generate an extractable RSA-2048 key pair in your own PKCS#11 token, for byok wrap "
+     "(offline)"},
+    {"byok", "show", cmd_byok_show, "--byok FILE",
+     "show what a .byok file names: kid, OAEP hash, ciphertext size, generator (offline)"},
 };
 
 static void command_help(FILE *f, const cmd *c)
 {
-    fprintf(f, "usage: vaultctl %s%s%s [--config PROFILE] [--json] %s\n\n%s.\n", c->group,
-            c->verb ? " " : "", c->verb ? c->verb : "", c->args, c->help);
+    bool offline = strcmp(c->group, "byok") == 0;
+    fprintf(f, "usage: vaultctl %s%s%s %s[--json] %s\n\n%s.\n", c->group, c->verb ? " " : "",
+            c->verb ? c->verb : "", offline ? "" : "[--config PROFILE] ", c->args, c->help);
     if (strstr(c->args, "password") != NULL)
         fprintf(f, "\nThe password comes from --password-file FILE (its first line), "
                    "--password-stdin, or a\n"
                    "no-echo prompt on the terminal; never from the command line.\n");
-    fprintf(f, "\nThe profile comes from --config or $VAULTCTL_CONFIG.  See `vaultctl --help` for "
-               "exit codes.\n");
+    if (strstr(c->args, "--pin-") != NULL)
+        fprintf(f,
+                "\nThe token's user PIN comes from --pin-file FILE (its first line), --pin-stdin, "
+                "or a\nno-echo prompt on the terminal; never from the command line.  The "
+                "module is named\nby its absolute path.\n");
+    if (offline)
+        fprintf(f, "\nRuns on local files (and your own token): no vault, no profile.  See "
+                   "docs/byok.md;\n`vaultctl --help` for exit codes.\n");
+    else
+        fprintf(f, "\nThe profile comes from --config or $VAULTCTL_CONFIG.  See `vaultctl --help` "
+                   "for exit codes.\n");
 }
 
 static void help(FILE *f)
@@ -760,7 +1005,17 @@ int main(int argc, char **argv)
         O_CONFIRM,
         O_FROM,
         O_SECONDS,
-        O_HELP
+        O_HELP,
+        O_BYOK,
+        O_IMPORT_KEY,
+        O_PKCS11_MODULE,
+        O_TOKEN,
+        O_KEY_LABEL,
+        O_PIN_FILE,
+        O_PIN_STDIN,
+        O_KID,
+        O_OAEP_HASH,
+        O_BITS,
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, O_CONFIG},
@@ -783,6 +1038,16 @@ int main(int argc, char **argv)
         {"from", required_argument, NULL, O_FROM},
         {"seconds", required_argument, NULL, O_SECONDS},
         {"help", no_argument, NULL, O_HELP},
+        {"byok", required_argument, NULL, O_BYOK},
+        {"import-key", required_argument, NULL, O_IMPORT_KEY},
+        {"pkcs11-module", required_argument, NULL, O_PKCS11_MODULE},
+        {"token", required_argument, NULL, O_TOKEN},
+        {"key-label", required_argument, NULL, O_KEY_LABEL},
+        {"pin-file", required_argument, NULL, O_PIN_FILE},
+        {"pin-stdin", no_argument, NULL, O_PIN_STDIN},
+        {"kid", required_argument, NULL, O_KID},
+        {"oaep-hash", required_argument, NULL, O_OAEP_HASH},
+        {"bits", required_argument, NULL, O_BITS},
         {NULL, 0, NULL, 0},
     };
     cli_init("vaultctl", false);
@@ -869,6 +1134,39 @@ int main(int argc, char **argv)
         case O_HELP:
             want_help = true;
             break;
+        case O_BYOK:
+            a.byok = optarg;
+            break;
+        case O_IMPORT_KEY:
+            a.import_key = optarg;
+            break;
+        case O_PKCS11_MODULE:
+            a.pkcs11_module = optarg;
+            break;
+        case O_TOKEN:
+            a.token = optarg;
+            break;
+        case O_KEY_LABEL:
+            a.key_label = optarg;
+            break;
+        case O_PIN_FILE:
+            a.pin_file = optarg;
+            break;
+        case O_PIN_STDIN:
+            a.pin_stdin = true;
+            break;
+        case O_KID:
+            a.kid = optarg;
+            break;
+        case O_OAEP_HASH:
+            a.oaep_hash = optarg;
+            break;
+        case O_BITS:
+            if (strcmp(optarg, "2048") != 0 && strcmp(optarg, "3072") != 0 &&
+                strcmp(optarg, "4096") != 0)
+                return usage_error("--bits is 2048, 3072 or 4096, not '%s'", optarg);
+            a.bits = (unsigned)atoi(optarg);
+            break;
         default:
             return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
         }
@@ -892,6 +1190,8 @@ int main(int argc, char **argv)
     }
     if (a.password_file != NULL && a.password_stdin)
         return usage_error("give only one of --password-file and %s", "--password-stdin");
+    /* byok commands work on local files and the admin's own token: no vault */
+    if (strcmp(found->group, "byok") == 0) return found->fn(NULL, &a);
     if (config == NULL)
         return usage_error("no profile: give %s or set VAULTCTL_CONFIG", "--config PROFILE");
     vc_profile p;

@@ -40,6 +40,8 @@ KV_RESULT kv_secret_from(kv_secret *s, const void *src, size_t n);
 /* Reads a whole file (a PIN or password file) into s, dropping one trailing
  * newline (\n or \r\n).  Refuses files larger than max bytes. */
 KV_RESULT kv_secret_read_file(kv_secret *s, const char *path, size_t max);
+/* The same, byte for byte (nothing dropped): binary secrets such as key files. */
+KV_RESULT kv_secret_read_file_exact(kv_secret *s, const char *path, size_t max);
 /* Reads from an fd until EOF or max bytes (stdin), dropping one trailing newline. */
 KV_RESULT kv_secret_read_fd(kv_secret *s, int fd, size_t max);
 /* Wipes the contents, keeps the allocation. */

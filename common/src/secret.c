@@ -157,7 +157,7 @@ static void kv_secret_trim_newline(kv_secret *s)
     }
 }
 
-kv_result kv_secret_read_fd(kv_secret *s, int fd, size_t max)
+static kv_result kv_secret_read(kv_secret *s, int fd, size_t max, bool trim)
 {
     KV_GUARD(kv_secret_alloc(s, max + 1));
     size_t got = 0;
@@ -179,19 +179,34 @@ kv_result kv_secret_read_fd(kv_secret *s, int fd, size_t max)
         }
     }
     s->len = got;
-    kv_secret_trim_newline(s);
+    if (trim) kv_secret_trim_newline(s);
     return KV_SUCCESS;
 }
 
-kv_result kv_secret_read_file(kv_secret *s, const char *path, size_t max)
+kv_result kv_secret_read_fd(kv_secret *s, int fd, size_t max)
+{
+    return kv_secret_read(s, fd, max, true);
+}
+
+static kv_result kv_secret_read_path(kv_secret *s, const char *path, size_t max, bool trim)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         KV_BAIL(errno == ENOENT ? KV_ERR_NOT_FOUND : KV_ERR_PERMISSION_DENIED,
                 "cannot open secret file %s: %s", path, strerror(errno));
     }
-    kv_result r = kv_secret_read_fd(s, fd, max);
+    kv_result r = kv_secret_read(s, fd, max, trim);
     close(fd);
     if (kv_failed(r)) kv_error_context("secret file %s", path);
     return r;
+}
+
+kv_result kv_secret_read_file(kv_secret *s, const char *path, size_t max)
+{
+    return kv_secret_read_path(s, path, max, true);
+}
+
+kv_result kv_secret_read_file_exact(kv_secret *s, const char *path, size_t max)
+{
+    return kv_secret_read_path(s, path, max, false);
 }

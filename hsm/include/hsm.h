@@ -45,6 +45,9 @@ KV_RESULT hsm_token_init(const char *module_path, const char *label, const kv_se
                          const kv_secret *user_pin);
 
 KV_RESULT hsm_open(const hsm_config *cfg, hsm **out);
+/* The same with the user PIN given (read from stdin or a prompt) instead of
+ * cfg->pin_file; the PIN is used for C_Login and not kept. */
+KV_RESULT hsm_open_pin(const hsm_config *cfg, const kv_secret *pin, hsm **out);
 void hsm_close(hsm *h);
 
 /* Mechanism probing results. */
@@ -68,8 +71,8 @@ KV_RESULT hsm_rsa_import_pkcs8(hsm *h, const char *label, const kv_secret *pkcs8
 /* RSA-OAEP decrypt inside the token with the private key of id; the plaintext
  * goes into out (allocated by this call; caller frees with kv_secret_free).
  * A ciphertext that does not decrypt gives DATA_LOSS; a missing key NOT_FOUND. */
-KV_RESULT hsm_rsa_decrypt_oaep(hsm *h, const hsm_key_id *id, hsm_oaep_hash hash,
-                               const uint8_t *ct, size_t ct_len, kv_secret *out);
+KV_RESULT hsm_rsa_decrypt_oaep(hsm *h, const hsm_key_id *id, hsm_oaep_hash hash, const uint8_t *ct,
+                               size_t ct_len, kv_secret *out);
 
 KV_RESULT hsm_random(hsm *h, uint8_t *out, size_t n);
 /* Fills id with random bytes from the token. */
@@ -94,6 +97,55 @@ typedef struct {
 
 /* Lists every object visible to the logged-in user; *objects is malloc'd. */
 KV_RESULT hsm_objects_list(hsm *h, hsm_object_info **objects, size_t *count);
+
+/* ---- BYOK key transfer (byok.c) ----
+ * The .byok ciphertext is RSA-OAEP(import public key, AES-256 key) followed
+ * by the AES key wrap with padding (RFC 5649) of the target key as PKCS#8.
+ * Both directions run inside a token: the target key is never in this
+ * process's memory in plaintext. */
+
+/* Generates an import key (BYOK key-exchange key): an RSA pair whose private
+ * key can only unwrap (no decrypt, sign or derive) and is never extractable. */
+KV_RESULT hsm_import_key_generate(hsm *h, const char *label, unsigned bits, hsm_key_id *id,
+                                  uint8_t **spki_der, size_t *spki_len);
+
+/* Generates an RSA pair in an admin's own token whose private key is
+ * sensitive but extractable, so that hsm_byok_wrap can wrap it for transfer.
+ * Never for the vault's token. */
+KV_RESULT hsm_rsa_generate_transferable(hsm *h, const char *label, unsigned bits, hsm_key_id *id,
+                                        uint8_t **spki_der, size_t *spki_len);
+
+typedef enum {
+    HSM_BYOK_IMPORT,  /* the target becomes a token key pair (new id, label) */
+    HSM_BYOK_INSPECT, /* the target is a session object, destroyed before return */
+} hsm_byok_mode;
+
+/* Unwraps a .byok ciphertext under the import key import_id.  With
+ * CKM_RSA_AES_KEY_WRAP when the token lists it, else C_UnwrapKey(RSA-OAEP)
+ * into a session AES key (sensitive, not extractable, unwrap only) and
+ * C_UnwrapKey(CKM_AES_KEY_WRAP_PAD) straight into the target key; the AES key
+ * is destroyed on every path.  The target is created CKA_SENSITIVE, not
+ * extractable, decrypt/unwrap only.  It must be an RSA key of exactly
+ * required_bits bits; anything else is destroyed and refused.
+ * Outputs the target's SPKI (malloc'd) and, for IMPORT, its id.
+ * Errors: INVALID_ARGUMENT for a ciphertext that does not unwrap (wrong
+ * import key, integrity check failed, not an RSA PKCS#8 key, wrong size);
+ * FAILED_PRECONDITION when the token cannot use hash; NOT_FOUND for a
+ * missing import key; UNAVAILABLE for token trouble.  Nothing stays behind
+ * in the token on failure. */
+KV_RESULT hsm_byok_unwrap(hsm *h, const hsm_key_id *import_id, hsm_oaep_hash hash,
+                          const uint8_t *ct, size_t ct_len, unsigned required_bits,
+                          hsm_byok_mode mode, const char *label, hsm_key_id *id, uint8_t **spki_der,
+                          size_t *spki_len);
+
+/* Wraps the private key labelled key_label (RSA, extractable) of this token
+ * for the import public key import_spki: C_WrapKey with CKM_RSA_AES_KEY_WRAP
+ * when listed, else a session AES-256 key wrapped with RSA-OAEP and the
+ * target wrapped with CKM_AES_KEY_WRAP_PAD (session objects destroyed on every
+ * path).  *ct is malloc'd; *key_bits is the wrapped key's size. */
+KV_RESULT hsm_byok_wrap(hsm *h, const char *key_label, const uint8_t *import_spki,
+                        size_t import_spki_len, hsm_oaep_hash hash, uint8_t **ct, size_t *ct_len,
+                        unsigned *key_bits);
 
 /* Hex of an id (2*HSM_KEY_ID_LEN+1 bytes). */
 void hsm_key_id_hex(const hsm_key_id *id, char *out);

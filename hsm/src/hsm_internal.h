@@ -54,6 +54,11 @@ struct hsm {
     bool has_oaep, has_rsa_keygen, has_rsa_aes_key_wrap, has_aes_key_wrap_pad;
 };
 
+/* Template booleans: each function declares its own `yes`/`no` (templates
+ * take non-const pointers). */
+#define HSM_TRUE (&yes)
+#define HSM_FALSE (&no)
+
 /* --- module.c --- */
 KV_RESULT hsm_module_load(const char *path, hsm_module **out, CK_FUNCTION_LIST_PTR *p11);
 void hsm_module_unload(hsm_module *m);
@@ -80,9 +85,48 @@ void hsm_handle_remember(const hsm *h, const hsm_key_id *id, CK_OBJECT_HANDLE ha
 void hsm_handle_forget(const hsm *h, const hsm_key_id *id);
 KV_RESULT hsm_object_find(const hsm *h, CK_SESSION_HANDLE s, const hsm_key_id *id,
                           CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj, bool *found);
+/* Finds the one object of class cls labelled label: NOT_FOUND when there is
+ * none, FAILED_PRECONDITION when the label is ambiguous. */
+KV_RESULT hsm_object_find_label(const hsm *h, CK_SESSION_HANDLE s, const char *label,
+                                CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj);
 
 /* --- rsa.c --- */
 /* Whether the token round-trips RSA-OAEP with SHA-256 (see rsa.c). */
 bool hsm_rsa_probe_oaep_sha256(const hsm *h);
+/* OAEP parameters for hash with MGF1 of the same hash and an empty label. */
+void hsm_oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p);
+
+/* CKA_LABEL of the keys we create; hsm_object_info.label holds 127 bytes. */
+#define HSM_KEY_LABEL_MAX 127u
+#define HSM_RSA_BITS_MIN 2048u
+#define HSM_RSA_BITS_MAX 8192u
+#define HSM_RSA_BYTES_MAX (HSM_RSA_BITS_MAX / 8)
+
+/* What a generated RSA private key may do. */
+typedef enum {
+    HSM_RSA_USE_KEK,      /* tenant/service key: decrypt and unwrap, never extractable */
+    HSM_RSA_USE_IMPORT,   /* BYOK import key: unwrap only, never extractable */
+    HSM_RSA_USE_TRANSFER, /* a key in an admin's own token: extractable, to be wrapped */
+} hsm_rsa_usage;
+KV_RESULT hsm_rsa_generate_usage(hsm *h, const char *label, unsigned bits, hsm_rsa_usage usage,
+                                 hsm_key_id *id, uint8_t **spki_der, size_t *spki_len);
+KV_RESULT hsm_key_label_check(const char *label);
+/* Moves the OpenSSL error queue into the detail of the current record. */
+void hsm_openssl_detail(void);
+/* DER SubjectPublicKeyInfo of the RSA public key (n, e), big-endian bytes. */
+KV_RESULT hsm_rsa_spki(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
+                       uint8_t **der, size_t *der_len);
+/* Reads CKA_MODULUS and CKA_PUBLIC_EXPONENT of obj and encodes the SPKI. */
+KV_RESULT hsm_rsa_spki_from_token(const hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                                  uint8_t **der, size_t *der_len);
+/* Public n and e of an OpenSSL RSA key as big-endian bytes (malloc'd). */
+struct evp_pkey_st;
+KV_RESULT hsm_rsa_public_bytes(const struct evp_pkey_st *pkey, uint8_t **n, size_t *n_len,
+                               uint8_t **e, size_t *e_len);
+/* Creates an RSA public key object (encrypt/wrap) on the token (token=true)
+ * or as a session object; id NULL: no CKA_ID and no label. */
+KV_RESULT hsm_rsa_public_create(const hsm *h, CK_SESSION_HANDLE s, const hsm_key_id *id,
+                                const char *label, const uint8_t *n, size_t n_len, const uint8_t *e,
+                                size_t e_len, bool token, CK_OBJECT_HANDLE *pub);
 
 #endif

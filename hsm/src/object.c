@@ -13,9 +13,8 @@
 #include <string.h>
 
 /* C_FindObjectsInit/C_FindObjects/C_FindObjectsFinal: up to max handles. */
-static kv_result hsm_objects_find(const hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
-                                  CK_ULONG n, CK_OBJECT_HANDLE *objs, CK_ULONG max,
-                                  CK_ULONG *found)
+static kv_result hsm_objects_find(const hsm *h, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                                  CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *found)
 {
     CK_RV rv = h->p11->C_FindObjectsInit(s, tmpl, n);
     if (rv != CKR_OK) return HSM_RV_FAIL(rv, "C_FindObjectsInit");
@@ -60,7 +59,8 @@ void hsm_handle_forget(const hsm *h, const hsm_key_id *id)
     hsm_handle_cache *c = h->handles;
     pthread_mutex_lock(&c->mu);
     for (unsigned i = 0; i < HSM_HANDLE_CACHE; i++)
-        if (c->e[i].used && memcmp(c->e[i].id.bytes, id->bytes, HSM_KEY_ID_LEN) == 0) c->e[i].used = false;
+        if (c->e[i].used && memcmp(c->e[i].id.bytes, id->bytes, HSM_KEY_ID_LEN) == 0)
+            c->e[i].used = false;
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -75,6 +75,29 @@ kv_result hsm_object_find(const hsm *h, CK_SESSION_HANDLE s, const hsm_key_id *i
     CK_ULONG n = 0;
     KV_GUARD(hsm_objects_find(h, s, tmpl, KV_ARRAY_LEN(tmpl), obj, 1, &n));
     *found = n > 0;
+    return KV_SUCCESS;
+}
+
+kv_result hsm_object_find_label(const hsm *h, CK_SESSION_HANDLE s, const char *label,
+                                CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj)
+{
+    KV_ENSURE(label != NULL && label[0] != '\0' && strlen(label) < 256, KV_ERR_INVALID_ARGUMENT,
+              "a key label of 1 to 255 bytes is required");
+    char buf[256];
+    snprintf(buf, sizeof(buf), "%s", label);
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_LABEL, buf, (CK_ULONG)strlen(buf)},
+        {CKA_CLASS, &cls, sizeof(cls)},
+    };
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0;
+    KV_GUARD(hsm_objects_find(h, s, tmpl, KV_ARRAY_LEN(tmpl), found, 2, &n));
+    KV_ENSURE(n > 0, KV_ERR_NOT_FOUND, "token '%s' has no %s labelled '%s'", h->label,
+              cls == CKO_PRIVATE_KEY ? "private key" : "object", label);
+    KV_ENSURE(n == 1, KV_ERR_FAILED_PRECONDITION,
+              "token '%s' has several %s labelled '%s'; give each key a label of its own", h->label,
+              cls == CKO_PRIVATE_KEY ? "private keys" : "objects", label);
+    *obj = found[0];
     return KV_SUCCESS;
 }
 
@@ -270,17 +293,16 @@ static kv_result hsm_object_describe(const hsm *h, CK_SESSION_HANDLE s, CK_OBJEC
     bool is_key = false;
     snprintf(info->object_class, sizeof(info->object_class), "%s",
              has[0] ? hsm_class_name(cls) : "other");
-    if (has[0])
-        is_key = cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY || cls == CKO_SECRET_KEY;
+    if (has[0]) is_key = cls == CKO_PRIVATE_KEY || cls == CKO_PUBLIC_KEY || cls == CKO_SECRET_KEY;
     snprintf(info->key_type, sizeof(info->key_type), "%s",
              is_key && has[1] ? hsm_key_type_name(kt) : "other");
     bool *flags[NBOOL] = {
-        [SENS] = &info->sensitive,         [EXTR] = &info->extractable,
+        [SENS] = &info->sensitive,          [EXTR] = &info->extractable,
         [NEVER] = &info->never_extractable, [ALWAYS] = &info->always_sensitive,
-        [PRIV] = &info->is_private,        [DEC] = &info->can_decrypt,
-        [ENC] = &info->can_encrypt,        [SIGN] = &info->can_sign,
-        [VERIFY] = &info->can_verify,      [UNWRAP] = &info->can_unwrap,
-        [WRAP] = &info->can_wrap,          [DERIVE] = &info->can_derive,
+        [PRIV] = &info->is_private,         [DEC] = &info->can_decrypt,
+        [ENC] = &info->can_encrypt,         [SIGN] = &info->can_sign,
+        [VERIFY] = &info->can_verify,       [UNWRAP] = &info->can_unwrap,
+        [WRAP] = &info->can_wrap,           [DERIVE] = &info->can_derive,
     };
     for (int i = 0; i < NBOOL; i++)
         *flags[i] = has[4 + i] && b[i] == CK_TRUE;
@@ -298,8 +320,8 @@ static kv_result hsm_object_describe(const hsm *h, CK_SESSION_HANDLE s, CK_OBJEC
     }
 
     size_t len = 0;
-    KV_GUARD(hsm_attr_bytes(h, s, obj, CKA_LABEL, info->label, sizeof(info->label) - 1, &len,
-                            NULL));
+    KV_GUARD(
+        hsm_attr_bytes(h, s, obj, CKA_LABEL, info->label, sizeof(info->label) - 1, &len, NULL));
     info->label[len] = '\0';
     KV_GUARD(hsm_attr_bytes(h, s, obj, CKA_ID, info->id, sizeof(info->id), &info->id_len, NULL));
     return KV_SUCCESS;

@@ -9,6 +9,8 @@
  */
 #include "hsm_internal.h"
 
+#include "kv_ossl.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,30 +21,12 @@
 #include <openssl/param_build.h>
 #include <openssl/x509.h>
 
-#define HSM_RSA_BITS_MIN 2048u
-#define HSM_RSA_BITS_MAX 8192u
-#define HSM_RSA_BYTES_MAX (HSM_RSA_BITS_MAX / 8)
-/* CKA_LABEL of the keys we create; hsm_object_info.label holds 127 bytes. */
-#define HSM_KEY_LABEL_MAX 127u
-
-/* Template booleans: each function declares its own `yes`/`no` (templates
- * take non-const pointers). */
-#define HSM_TRUE (&yes)
-#define HSM_FALSE (&no)
-
-/* Moves the OpenSSL error queue into the detail of the current record. */
-static void hsm_openssl_detail(void)
+void hsm_openssl_detail(void)
 {
-    unsigned long e = ERR_peek_last_error();
-    if (e != 0) {
-        char buf[160];
-        ERR_error_string_n(e, buf, sizeof(buf));
-        kv_error_detail("OpenSSL: %s", buf);
-    }
-    ERR_clear_error();
+    kv_ossl_detail();
 }
 
-static kv_result hsm_key_label_check(const char *label)
+kv_result hsm_key_label_check(const char *label)
 {
     if (label == NULL) return KV_SUCCESS;
     size_t n = strlen(label);
@@ -51,9 +35,8 @@ static kv_result hsm_key_label_check(const char *label)
     return KV_SUCCESS;
 }
 
-/* DER SubjectPublicKeyInfo of the RSA public key (n, e), big-endian bytes. */
-static kv_result hsm_rsa_spki(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
-                              uint8_t **der, size_t *der_len)
+kv_result hsm_rsa_spki(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len,
+                       uint8_t **der, size_t *der_len)
 {
     kv_result r = KV_SUCCESS;
     BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL);
@@ -64,8 +47,8 @@ static kv_result hsm_rsa_spki(const uint8_t *n, size_t n_len, const uint8_t *e, 
     EVP_PKEY *pkey = NULL;
     uint8_t *buf = NULL;
 
-    KV_ENSURE_GOTO(bn_n != NULL && bn_e != NULL && bld != NULL, r, out,
-                   KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    KV_ENSURE_GOTO(bn_n != NULL && bn_e != NULL && bld != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
+                   "out of memory");
     KV_ENSURE_GOTO(OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_N, bn_n) == 1 &&
                        OSSL_PARAM_BLD_push_BN(bld, OSSL_PKEY_PARAM_RSA_E, bn_e) == 1 &&
                        (params = OSSL_PARAM_BLD_to_param(bld)) != NULL,
@@ -96,21 +79,20 @@ out:
     return r;
 }
 
-/* Reads CKA_MODULUS and CKA_PUBLIC_EXPONENT of obj and encodes the SPKI. */
-static kv_result hsm_rsa_spki_from_token(const hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
-                                         uint8_t **der, size_t *der_len)
+kv_result hsm_rsa_spki_from_token(const hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE obj,
+                                  uint8_t **der, size_t *der_len)
 {
     kv_result r = KV_SUCCESS;
     CK_ATTRIBUTE t[] = {{CKA_MODULUS, NULL, 0}, {CKA_PUBLIC_EXPONENT, NULL, 0}};
     CK_RV rv = h->p11->C_GetAttributeValue(s, obj, t, 2);
     if (rv != CKR_OK) return HSM_RV_FAIL(rv, "C_GetAttributeValue");
-    KV_ENSURE(t[0].ulValueLen > 0 && t[0].ulValueLen <= HSM_RSA_BYTES_MAX &&
-                  t[1].ulValueLen > 0 && t[1].ulValueLen <= 64,
+    KV_ENSURE(t[0].ulValueLen > 0 && t[0].ulValueLen <= HSM_RSA_BYTES_MAX && t[1].ulValueLen > 0 &&
+                  t[1].ulValueLen <= 64,
               KV_ERR_UNAVAILABLE, "the token returned a malformed RSA public key");
     t[0].pValue = malloc(t[0].ulValueLen);
     t[1].pValue = malloc(t[1].ulValueLen);
-    KV_ENSURE_GOTO(t[0].pValue != NULL && t[1].pValue != NULL, r, out,
-                   KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    KV_ENSURE_GOTO(t[0].pValue != NULL && t[1].pValue != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
+                   "out of memory");
     rv = h->p11->C_GetAttributeValue(s, obj, t, 2);
     if (rv != CKR_OK) {
         r = HSM_RV_FAIL(rv, "C_GetAttributeValue");
@@ -131,8 +113,8 @@ static void hsm_rsa_undo(const hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pri
     if (has_pub) (void)h->p11->C_DestroyObject(s, pub);
 }
 
-kv_result hsm_rsa_generate(hsm *h, const char *label, unsigned bits, hsm_key_id *id,
-                           uint8_t **spki_der, size_t *spki_len)
+kv_result hsm_rsa_generate_usage(hsm *h, const char *label, unsigned bits, hsm_rsa_usage usage,
+                                 hsm_key_id *id, uint8_t **spki_der, size_t *spki_len)
 {
     KV_ENSURE(h != NULL && id != NULL && spki_der != NULL && spki_len != NULL,
               KV_ERR_INVALID_ARGUMENT, "hsm_rsa_generate: missing argument");
@@ -140,11 +122,13 @@ kv_result hsm_rsa_generate(hsm *h, const char *label, unsigned bits, hsm_key_id 
               KV_ERR_INVALID_ARGUMENT, "RSA key size %u is not supported (%u to %u bits)", bits,
               HSM_RSA_BITS_MIN, HSM_RSA_BITS_MAX);
     KV_GUARD(hsm_key_label_check(label));
-    KV_ENSURE(h->has_rsa_keygen, KV_ERR_UNIMPLEMENTED,
-              "token '%s' cannot generate RSA key pairs", h->label);
+    KV_ENSURE(h->has_rsa_keygen, KV_ERR_UNIMPLEMENTED, "token '%s' cannot generate RSA key pairs",
+              h->label);
 
     kv_result r = KV_SUCCESS;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_BBOOL decrypt = usage == HSM_RSA_USE_IMPORT ? CK_FALSE : CK_TRUE;
+    CK_BBOOL extractable = usage == HSM_RSA_USE_TRANSFER ? CK_TRUE : CK_FALSE;
     hsm_key_id new_id;
     KV_GUARD(hsm_key_id_new(h, &new_id));
     CK_ULONG modulus_bits = bits;
@@ -156,7 +140,7 @@ kv_result hsm_rsa_generate(hsm *h, const char *label, unsigned bits, hsm_key_id 
     CK_ATTRIBUTE pub_t[] = {
         {CKA_TOKEN, HSM_TRUE, 1},
         {CKA_PRIVATE, HSM_TRUE, 1},
-        {CKA_ENCRYPT, HSM_TRUE, 1},
+        {CKA_ENCRYPT, &decrypt, 1},
         {CKA_WRAP, HSM_TRUE, 1},
         {CKA_VERIFY, HSM_FALSE, 1},
         {CKA_VERIFY_RECOVER, HSM_FALSE, 1},
@@ -166,16 +150,11 @@ kv_result hsm_rsa_generate(hsm *h, const char *label, unsigned bits, hsm_key_id 
         {CKA_LABEL, label_buf, label_len},
     };
     CK_ATTRIBUTE priv_t[] = {
-        {CKA_TOKEN, HSM_TRUE, 1},
-        {CKA_PRIVATE, HSM_TRUE, 1},
-        {CKA_SENSITIVE, HSM_TRUE, 1},
-        {CKA_EXTRACTABLE, HSM_FALSE, 1},
-        {CKA_DECRYPT, HSM_TRUE, 1},
-        {CKA_UNWRAP, HSM_TRUE, 1},
-        {CKA_SIGN, HSM_FALSE, 1},
-        {CKA_SIGN_RECOVER, HSM_FALSE, 1},
-        {CKA_DERIVE, HSM_FALSE, 1},
-        {CKA_ID, new_id.bytes, sizeof(new_id.bytes)},
+        {CKA_TOKEN, HSM_TRUE, 1},          {CKA_PRIVATE, HSM_TRUE, 1},
+        {CKA_SENSITIVE, HSM_TRUE, 1},      {CKA_EXTRACTABLE, &extractable, 1},
+        {CKA_DECRYPT, &decrypt, 1},        {CKA_UNWRAP, HSM_TRUE, 1},
+        {CKA_SIGN, HSM_FALSE, 1},          {CKA_SIGN_RECOVER, HSM_FALSE, 1},
+        {CKA_DERIVE, HSM_FALSE, 1},        {CKA_ID, new_id.bytes, sizeof(new_id.bytes)},
         {CKA_LABEL, label_buf, label_len},
     };
     CK_ULONG pub_n = KV_ARRAY_LEN(pub_t) - (label_len ? 0 : 1);
@@ -201,6 +180,18 @@ out:
     }
     hsm_session_release(h, s, false);
     return r;
+}
+
+kv_result hsm_rsa_generate(hsm *h, const char *label, unsigned bits, hsm_key_id *id,
+                           uint8_t **spki_der, size_t *spki_len)
+{
+    return hsm_rsa_generate_usage(h, label, bits, HSM_RSA_USE_KEK, id, spki_der, spki_len);
+}
+
+kv_result hsm_rsa_generate_transferable(hsm *h, const char *label, unsigned bits, hsm_key_id *id,
+                                        uint8_t **spki_der, size_t *spki_len)
+{
+    return hsm_rsa_generate_usage(h, label, bits, HSM_RSA_USE_TRANSFER, id, spki_der, spki_len);
 }
 
 /* --- import --- */
@@ -255,9 +246,8 @@ static kv_result hsm_rsa_pkcs8_parse(const kv_secret *der, EVP_PKEY **out)
     return KV_SUCCESS;
 }
 
-/* Public n and e as big-endian bytes (malloc'd; not secret). */
-static kv_result hsm_rsa_public_bytes(const EVP_PKEY *pkey, uint8_t **n, size_t *n_len,
-                                      uint8_t **e, size_t *e_len)
+kv_result hsm_rsa_public_bytes(const EVP_PKEY *pkey, uint8_t **n, size_t *n_len, uint8_t **e,
+                               size_t *e_len)
 {
     kv_result r = KV_SUCCESS;
     BIGNUM *bn_n = NULL, *bn_e = NULL;
@@ -291,9 +281,8 @@ static kv_result hsm_rsa_private_bytes(const EVP_PKEY *pkey, kv_secret *buf,
     BIGNUM *bn[HSM_RSA_NPRIV] = {0};
     size_t total = 0;
     for (int i = 0; i < HSM_RSA_NPRIV; i++) {
-        KV_ENSURE_GOTO(EVP_PKEY_get_bn_param(pkey, hsm_rsa_private_params[i], &bn[i]) == 1, r,
-                       out, KV_ERR_INVALID_ARGUMENT,
-                       "the RSA private key lacks its CRT components");
+        KV_ENSURE_GOTO(EVP_PKEY_get_bn_param(pkey, hsm_rsa_private_params[i], &bn[i]) == 1, r, out,
+                       KV_ERR_INVALID_ARGUMENT, "the RSA private key lacks its CRT components");
         total += (size_t)BN_num_bytes(bn[i]);
     }
     KV_GUARD_GOTO(kv_secret_alloc(buf, total ? total : 1), r, out);
@@ -310,6 +299,50 @@ out:
     for (int i = 0; i < HSM_RSA_NPRIV; i++)
         BN_clear_free(bn[i]);
     return r;
+}
+
+kv_result hsm_rsa_public_create(const hsm *h, CK_SESSION_HANDLE s, const hsm_key_id *id,
+                                const char *label, const uint8_t *n, size_t n_len, const uint8_t *e,
+                                size_t e_len, bool token, CK_OBJECT_HANDLE *pub)
+{
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE, on_token = token ? CK_TRUE : CK_FALSE;
+    CK_OBJECT_CLASS pub_class = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE key_type = CKK_RSA;
+    hsm_key_id idc;
+    uint8_t *nc = malloc(n_len ? n_len : 1), *ec = malloc(e_len ? e_len : 1);
+    if (nc == NULL || ec == NULL) {
+        free(nc);
+        free(ec);
+        KV_BAIL(KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    }
+    memcpy(nc, n, n_len);
+    memcpy(ec, e, e_len);
+    CK_ULONG label_len = label ? (CK_ULONG)strlen(label) : 0;
+    char label_buf[HSM_KEY_LABEL_MAX + 1] = "";
+    if (label_len > HSM_KEY_LABEL_MAX) label_len = HSM_KEY_LABEL_MAX;
+    if (label) memcpy(label_buf, label, label_len);
+    CK_ATTRIBUTE pub_t[] = {
+        {CKA_CLASS, &pub_class, sizeof(pub_class)},
+        {CKA_KEY_TYPE, &key_type, sizeof(key_type)},
+        {CKA_TOKEN, &on_token, 1},
+        {CKA_PRIVATE, HSM_TRUE, 1},
+        {CKA_ENCRYPT, HSM_TRUE, 1},
+        {CKA_WRAP, HSM_TRUE, 1},
+        {CKA_VERIFY, HSM_FALSE, 1},
+        {CKA_VERIFY_RECOVER, HSM_FALSE, 1},
+        {CKA_MODULUS, nc, n_len},
+        {CKA_PUBLIC_EXPONENT, ec, e_len},
+        {CKA_ID, idc.bytes, sizeof(idc.bytes)},
+        {CKA_LABEL, label_buf, label_len},
+    };
+    /* no id: drop CKA_ID and CKA_LABEL; no label: drop CKA_LABEL */
+    CK_ULONG count = KV_ARRAY_LEN(pub_t) - (id == NULL ? 2 : (label_len ? 0 : 1));
+    if (id != NULL) idc = *id;
+    CK_RV rv = h->p11->C_CreateObject(s, pub_t, count, pub);
+    free(nc);
+    free(ec);
+    if (rv != CKR_OK) return HSM_RV_FAIL(rv, "C_CreateObject (public key)");
+    return KV_SUCCESS;
 }
 
 kv_result hsm_rsa_import_pkcs8(hsm *h, const char *label, const kv_secret *pkcs8_der,
@@ -330,7 +363,7 @@ kv_result hsm_rsa_import_pkcs8(hsm *h, const char *label, const kv_secret *pkcs8
     bool have_session = false, have_priv = false;
     CK_OBJECT_HANDLE priv = 0, pub = 0;
     hsm_key_id new_id;
-    CK_OBJECT_CLASS priv_class = CKO_PRIVATE_KEY, pub_class = CKO_PUBLIC_KEY;
+    CK_OBJECT_CLASS priv_class = CKO_PRIVATE_KEY;
     CK_KEY_TYPE key_type = CKK_RSA;
     CK_ULONG label_len = label ? (CK_ULONG)strlen(label) : 0;
     char label_buf[HSM_KEY_LABEL_MAX + 1] = "";
@@ -368,22 +401,7 @@ kv_result hsm_rsa_import_pkcs8(hsm *h, const char *label, const kv_secret *pkcs8
         priv_parts[5],
         {CKA_LABEL, label_buf, label_len},
     };
-    CK_ATTRIBUTE pub_t[] = {
-        {CKA_CLASS, &pub_class, sizeof(pub_class)},
-        {CKA_KEY_TYPE, &key_type, sizeof(key_type)},
-        {CKA_TOKEN, HSM_TRUE, 1},
-        {CKA_PRIVATE, HSM_TRUE, 1},
-        {CKA_ENCRYPT, HSM_TRUE, 1},
-        {CKA_WRAP, HSM_TRUE, 1},
-        {CKA_VERIFY, HSM_FALSE, 1},
-        {CKA_VERIFY_RECOVER, HSM_FALSE, 1},
-        {CKA_ID, new_id.bytes, sizeof(new_id.bytes)},
-        {CKA_MODULUS, n, n_len},
-        {CKA_PUBLIC_EXPONENT, e, e_len},
-        {CKA_LABEL, label_buf, label_len},
-    };
     CK_ULONG priv_n = KV_ARRAY_LEN(priv_t) - (label_len ? 0 : 1);
-    CK_ULONG pub_n = KV_ARRAY_LEN(pub_t) - (label_len ? 0 : 1);
 
     KV_GUARD_GOTO(hsm_session_acquire(h, &s), r, out);
     have_session = true;
@@ -395,11 +413,8 @@ kv_result hsm_rsa_import_pkcs8(hsm *h, const char *label, const kv_secret *pkcs8
         goto out;
     }
     have_priv = true;
-    rv = h->p11->C_CreateObject(s, pub_t, pub_n, &pub);
-    if (rv != CKR_OK) {
-        r = HSM_RV_FAIL(rv, "C_CreateObject (public key)");
-        goto out;
-    }
+    KV_GUARD_GOTO(hsm_rsa_public_create(h, s, &new_id, label, n, n_len, e, e_len, true, &pub), r,
+                  out);
     *id = new_id;
     *spki_der = spki;
     *spki_len = der_len;
@@ -421,7 +436,7 @@ out:
 
 /* --- OAEP --- */
 
-static void hsm_oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
+void hsm_oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
 {
     memset(p, 0, sizeof(*p));
     p->hashAlg = hash == HSM_OAEP_SHA256 ? CKM_SHA256 : CKM_SHA_1;
@@ -431,8 +446,8 @@ static void hsm_oaep_params(hsm_oaep_hash hash, CK_RSA_PKCS_OAEP_PARAMS *p)
     p->ulSourceDataLen = 0;
 }
 
-kv_result hsm_rsa_decrypt_oaep(hsm *h, const hsm_key_id *id, hsm_oaep_hash hash,
-                               const uint8_t *ct, size_t ct_len, kv_secret *out)
+kv_result hsm_rsa_decrypt_oaep(hsm *h, const hsm_key_id *id, hsm_oaep_hash hash, const uint8_t *ct,
+                               size_t ct_len, kv_secret *out)
 {
     KV_ENSURE(h != NULL && id != NULL && out != NULL && ct != NULL, KV_ERR_INVALID_ARGUMENT,
               "hsm_rsa_decrypt_oaep: missing argument");
@@ -466,7 +481,8 @@ kv_result hsm_rsa_decrypt_oaep(hsm *h, const hsm_key_id *id, hsm_oaep_hash hash,
         /* Not known yet, or destroyed behind our back: search the token. */
         if (cached) hsm_handle_forget(h, id);
         KV_GUARD_GOTO(hsm_object_find(h, s, id, CKO_PRIVATE_KEY, &key, &found), r, out);
-        KV_ENSURE_GOTO(found, r, out, KV_ERR_NOT_FOUND, "no private key %s in token '%s'", hex, h->label);
+        KV_ENSURE_GOTO(found, r, out, KV_ERR_NOT_FOUND, "no private key %s in token '%s'", hex,
+                       h->label);
         rv = h->p11->C_DecryptInit(s, &mech, key);
         if (rv == CKR_OK) hsm_handle_remember(h, id, key);
     }

@@ -71,11 +71,19 @@ void hsm_session_release(const hsm *h, CK_SESSION_HANDLE s, bool reset)
     pthread_mutex_unlock(&p->mu);
 }
 
-static kv_result hsm_login(hsm *h, const char *pin_file)
+static kv_result hsm_login(hsm *h, const char *pin_file, const kv_secret *given)
 {
     kv_secret pin = KV_SECRET_INIT;
-    KV_ENSURE(pin_file != NULL, KV_ERR_INVALID_ARGUMENT, "a PIN file is required");
-    KV_GUARD(kv_secret_read_file(&pin, pin_file, HSM_PIN_MAX));
+    KV_ENSURE(pin_file != NULL || (given != NULL && given->data != NULL), KV_ERR_INVALID_ARGUMENT,
+              "a PIN file is required");
+    if (given != NULL && given->data != NULL) {
+        KV_ENSURE(given->len <= HSM_PIN_MAX, KV_ERR_INVALID_ARGUMENT,
+                  "the PIN is longer than %u bytes", HSM_PIN_MAX);
+        KV_GUARD(kv_secret_from(&pin, given->data, given->len));
+        pin_file = NULL;
+    } else {
+        KV_GUARD(kv_secret_read_file(&pin, pin_file, HSM_PIN_MAX));
+    }
     CK_RV rv = h->p11->C_Login(h->anchor, CKU_USER, pin.data, pin.len);
     kv_secret_free(&pin);
     switch (rv) {
@@ -86,7 +94,8 @@ static kv_result hsm_login(hsm *h, const char *pin_file)
     case CKR_PIN_INVALID:
     case CKR_PIN_LEN_RANGE:
         kv_error_set(KV_ERR_PERMISSION_DENIED, __FILE__, __LINE__,
-                     "token '%s' rejected the user PIN in %s", h->label, pin_file);
+                     "token '%s' rejected the user PIN%s%s", h->label,
+                     pin_file != NULL ? " in " : "", pin_file != NULL ? pin_file : "");
         kv_error_detail("C_Login returned %s", hsm_rv_name(rv));
         return KV_FAILURE;
     case CKR_PIN_LOCKED:
@@ -175,6 +184,11 @@ static void hsm_pool_destroy(hsm *h)
 
 kv_result hsm_open(const hsm_config *cfg, hsm **out)
 {
+    return hsm_open_pin(cfg, NULL, out);
+}
+
+kv_result hsm_open_pin(const hsm_config *cfg, const kv_secret *pin, hsm **out)
+{
     kv_result r = KV_SUCCESS;
     hsm *h = NULL;
 
@@ -199,7 +213,7 @@ kv_result hsm_open(const hsm_config *cfg, hsm **out)
     KV_GUARD_GOTO(hsm_slot_find(h->p11, h->label, &h->slot), r, out);
     KV_GUARD_GOTO(hsm_session_open(h, &h->anchor), r, out);
     h->anchor_open = true;
-    KV_GUARD_GOTO(hsm_login(h, cfg->pin_file), r, out);
+    KV_GUARD_GOTO(hsm_login(h, cfg->pin_file, pin), r, out);
     KV_GUARD_GOTO(hsm_mechanisms_probe(h), r, out);
     KV_GUARD_GOTO(hsm_pool_create(h, sessions), r, out);
     *out = h;

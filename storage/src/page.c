@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kv_ossl.h"
 #include "kv_secret.h"
 
 /* Contexts kept per key; more threads than this simply make and free some. */
@@ -61,14 +62,8 @@ bool page_cipher_is_copy(void)
 
 static kv_result page_ossl_fail(const char *what)
 {
-    unsigned long e = ERR_peek_last_error();
     kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__, "page crypto: %s failed", what);
-    if (e != 0) {
-        char buf[160];
-        ERR_error_string_n(e, buf, sizeof(buf));
-        kv_error_detail("%s", buf);
-    }
-    ERR_clear_error();
+    kv_ossl_detail();
     return KV_FAILURE;
 }
 

@@ -6,30 +6,21 @@
 # config file (production mode) with an environment-scoped grant, and its
 # refusals of bad settings.
 set -u
-BUILD=${HSMVAULT_BUILD_DIR:?}
-VAULTD=$BUILD/vault/vaultd
-VAULTCTL=$BUILD/client/vaultctl
+TEST_NAME=tdectl
+. "$(dirname "$0")/cli_lib.sh"
 TDENODE=$BUILD/storage/tdenode
 TDECTL=$BUILD/storage/tdectl
-TMP=$(mktemp -d /tmp/hsmvault-tdectl.XXXXXX)
-STATE=$TMP/state
-PASS=0
-FAIL=0
-VPID=""
 NPID=""
 PPID2=""
-
-cleanup() {
-    for p in $PPID2 $NPID $VPID; do kill -TERM "$p" 2>/dev/null && wait "$p"; done
-    if [ "$FAIL" -eq 0 ]; then rm -rf "$TMP"; else echo "state kept in $TMP" >&2; fi
+# cli_lib's cleanup stops vaultd ($PID); the two tdenodes go first.
+cleanup_nodes() {
+    for p in $PPID2 $NPID; do kill -TERM "$p" 2>/dev/null && wait "$p"; done
+    cleanup
 }
-trap cleanup EXIT
+trap cleanup_nodes EXIT
 
-. "$(dirname "$0")/cli_lib.sh"
-vault() { role=$1; shift; "$VAULTCTL" --config "$STATE/clients/$role.conf" "$@"; }
 eng() { "$TDECTL" --config "$STATE/clients/tdenode-engine.conf" "$@"; }
 adm() { "$TDECTL" --config "$STATE/clients/tdenode-admin.conf" "$@"; }
-id_of() { grep -o "$1-[0-9a-f]\{16\}" "$TMP/out" | head -n 1; }
 wait_for() {
     i=0
     while [ ! -f "$1" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
@@ -37,22 +28,22 @@ wait_for() {
 }
 
 "$VAULTD" --dev --state-dir "$STATE" --listen 127.0.0.1:0 --lease-seconds 5 >"$TMP/vaultd.out" 2>"$TMP/vaultd.log" &
-VPID=$!
+PID=$!
 wait_for "$STATE/vaultd.addr" || { cat "$TMP/vaultd.log" >&2; exit 1; }
-vault operator tenant create --name contoso --subscription sub-1 --admin-contact a@example.com >"$TMP/out"
+as operator tenant create --name contoso --subscription sub-1 --admin-contact a@example.com >"$TMP/out"
 TENANT=$(id_of tnt)
-vault operator tenant enable-self-managed --tenant "$TENANT" >/dev/null
-vault operator env create --tenant "$TENANT" --name prod --type production >"$TMP/out"
+as operator tenant enable-self-managed --tenant "$TENANT" >/dev/null
+as operator env create --tenant "$TENANT" --name prod --type production >"$TMP/out"
 PROD=$(id_of env)
-vault operator env create --tenant "$TENANT" --name qa --type sandbox >"$TMP/out"
+as operator env create --tenant "$TENANT" --name qa --type sandbox >"$TMP/out"
 QA=$(id_of env)
-vault operator role bind --principal spiffe://hsmvault.dev/storage-node --role storage-node --tenant "$TENANT" >/dev/null
-vault operator role bind --principal spiffe://hsmvault.dev/environment-admin --role environment-admin --tenant "$TENANT" >/dev/null
-vault operator tenant create --name fabrikam --subscription sub-2 --admin-contact b@example.com >"$TMP/out"
+as operator role bind --principal spiffe://hsmvault.dev/storage-node --role storage-node --tenant "$TENANT" >/dev/null
+as operator role bind --principal spiffe://hsmvault.dev/environment-admin --role environment-admin --tenant "$TENANT" >/dev/null
+as operator tenant create --name fabrikam --subscription sub-2 --admin-contact b@example.com >"$TMP/out"
 TENANT2=$(id_of tnt)
-vault operator env create --tenant "$TENANT2" --name other --type sandbox >"$TMP/out"
+as operator env create --tenant "$TENANT2" --name other --type sandbox >"$TMP/out"
 OTHER=$(id_of env)
-vault operator role bind --principal spiffe://hsmvault.dev/storage-node --role storage-node --tenant "$TENANT2" >/dev/null
+as operator role bind --principal spiffe://hsmvault.dev/storage-node --role storage-node --tenant "$TENANT2" >/dev/null
 
 # tdenode --dev: usage errors, then the node.
 expect 2 "tdenode without a mode" -- "$TDENODE"

@@ -4,30 +4,9 @@
 # from files and stdin, the PFX written 0600 and never over an existing file,
 # the PFX opening with openssl and holding the key the vault reports.
 set -u
-BUILD=${HSMVAULT_BUILD_DIR:?}
-VAULTD=$BUILD/vault/vaultd
-VAULTCTL=$BUILD/client/vaultctl
-TMP=$(mktemp -d /tmp/hsmvault-vaultctl.XXXXXX)
-STATE=$TMP/state
-PASS=0
-FAIL=0
-PID=""
-
-cleanup() {
-    [ -n "$PID" ] && kill -TERM "$PID" 2>/dev/null && wait "$PID"
-    if [ "$FAIL" -eq 0 ]; then rm -rf "$TMP"; else echo "state kept in $TMP" >&2; fi
-}
-trap cleanup EXIT
-
+TEST_NAME=vaultctl
 . "$(dirname "$0")/cli_lib.sh"
-as() { role=$1; shift; "$VAULTCTL" --config "$STATE/clients/$role.conf" "$@"; }
-id_of() { grep -o "$1-[0-9a-f]\{16\}" "$TMP/out" | head -n 1; }
-
-"$VAULTD" --dev --state-dir "$STATE" --listen 127.0.0.1:0 >"$TMP/vaultd.out" 2>"$TMP/vaultd.log" &
-PID=$!
-i=0
-while [ ! -f "$STATE/vaultd.addr" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
-[ -f "$STATE/vaultd.addr" ] || { cat "$TMP/vaultd.log" >&2; exit 1; }
+vaultd_dev_start
 grep -q "VAULTCTL_CONFIG=$STATE/clients/operator.conf" "$TMP/vaultd.out" && ok || bad "vaultd --dev does not say how to point vaultctl at it"
 
 # Help and usage errors.

@@ -116,6 +116,12 @@ static void test_secret(void)
     kv_secret_free(&pin);
     CHECK_ERR(kv_secret_read_file(&pin, path, 3), KV_ERR_INVALID_ARGUMENT);
     CHECK(pin.data == NULL);
+    /* a binary secret (a DER key file) is read byte for byte */
+    CHECK_OK(kv_secret_read_file_exact(&pin, path, 64));
+    CHECK(pin.len == 6 && memcmp(pin.data, "1234\r\n", 6) == 0);
+    kv_secret_free(&pin);
+    CHECK_ERR(kv_secret_read_file_exact(&pin, path, 5), KV_ERR_INVALID_ARGUMENT);
+    CHECK(pin.data == NULL);
     snprintf(path, sizeof(path), "%s/absent", dir);
     CHECK_ERR(kv_secret_read_file(&pin, path, 64), KV_ERR_NOT_FOUND);
     kv_test_rmtree(dir);

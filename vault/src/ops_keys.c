@@ -1,8 +1,8 @@
 /*
  * ops_keys.c: the TenantKeys service (tenant-admin): generate a key (returned
- * as a password-protected PFX), upload a PFX, list and activate keys.
- * Private keys go from the PFX code to the token as PKCS#8 in a kv_secret and
- * are wiped; the token copy is sensitive and never extractable.
+ * as a password-protected PFX), upload a PFX or a .byok file, list and
+ * activate keys.  Presented keys reach the token through vault_material
+ * (material.c); the token copy is sensitive and never extractable.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -127,92 +127,59 @@ static kv_result vault_add_key_commit(store_txn *t, void *arg)
     return r;
 }
 
-/* Imports pkcs8 into the token and commits the key record (source, name).
- * On any failure after the import the token object is destroyed again. */
+/* Commits the key record of a key now in the token (m), named key_id; on
+ * any failure the token key is destroyed again.  Caller holds v->lifecycle. */
 static kv_result vault_add_tenant_key(vault *v, const rpc_ctx *ctx, const char *tenant_id,
-                                      const char *name, Hsmvault__V1__KeySource source,
-                                      const kv_secret *pkcs8, const uint8_t *spki, size_t spki_len,
+                                      const char *key_id, const char *name, vault_material *m,
                                       rpc_reply *reply, const uint8_t *pfx, size_t pfx_len)
 {
-    uint8_t fp[KEY_FINGERPRINT_LEN];
-    KV_GUARD(key_fingerprint(spki, spki_len, fp));
-    char key_id[VAULT_ID_MAX], label[128];
-    vault_new_id("key", key_id);
-    snprintf(label, sizeof(label), VAULT_LABEL_PREFIX "%s/%s", tenant_id, key_id);
-    hsm_key_id hid;
-    uint8_t *tok_spki = NULL;
-    size_t tok_spki_len = 0;
-    kv_result r = KV_SUCCESS;
-
-    pthread_mutex_lock(&v->lifecycle);
-    KV_GUARD_GOTO(hsm_rsa_import_pkcs8(v->hsm, label, pkcs8, &hid, &tok_spki, &tok_spki_len), r,
-                  out);
-    if (tok_spki_len != spki_len || memcmp(tok_spki, spki, spki_len) != 0) {
-        r = kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__,
-                         "the token holds a different public key than the one imported");
-        goto destroy;
-    }
     KeyRecord key = HSMVAULT__STORE__KEY_RECORD__INIT;
-    key.id = key_id;
+    key.id = (char *)(uintptr_t)key_id;
     key.tenant_id = (char *)(uintptr_t)tenant_id;
     key.name = (char *)(uintptr_t)name;
-    key.source = source;
-    key.hsm_id = (ProtobufCBinaryData){HSM_KEY_ID_LEN, hid.bytes};
-    key.spki_der = (ProtobufCBinaryData){spki_len, (uint8_t *)(uintptr_t)spki};
-    key.fingerprint = (ProtobufCBinaryData){sizeof(fp), fp};
+    key.source = m->source;
+    key.hsm_id = (ProtobufCBinaryData){HSM_KEY_ID_LEN, m->hsm_id.bytes};
+    key.spki_der = (ProtobufCBinaryData){m->spki_len, m->spki};
+    key.fingerprint = (ProtobufCBinaryData){sizeof(m->fingerprint), m->fingerprint};
     key.created_at = kv_clock_now();
     key.created_by = (char *)(uintptr_t)ctx->principal;
     key.bits = 2048;
+    key.import_kid = m->import_kid;
     vault_add_key_ctx c = {.key = &key, .tenant_id = tenant_id};
-    KV_GUARD_GOTO(store_update(v->store, vault_add_key_commit, &c), r, destroy);
+    kv_result r = store_update(v->store, vault_add_key_commit, &c);
+    if (kv_failed(r)) {
+        vault_material_discard(v, m);
+        return r;
+    }
     char fp_hex[65];
     Hsmvault__V1__TenantKey api;
     vault_key_to_api(&key, &api, fp_hex);
     KV_LOG_INFO("tenant %s: key %s (%s, fingerprint %s) added by %s%s", tenant_id, key_id,
-                source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED ? "generated" : "uploaded",
+                m->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED ? "generated"
+                : m->source == HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_BYOK    ? "uploaded .byok"
+                                                                            : "uploaded PFX",
                 fp_hex, ctx->principal, c.activated ? "; activated as the tenant's first key" : "");
     if (pfx != NULL) {
         Hsmvault__V1__GenerateKeyResponse resp = HSMVAULT__V1__GENERATE_KEY_RESPONSE__INIT;
         resp.key = &api;
         resp.pfx = (ProtobufCBinaryData){pfx_len, (uint8_t *)(uintptr_t)pfx};
-        r = vault_reply(reply, &resp.base, true);
-    } else {
-        r = vault_reply(reply, &api.base, false);
+        return vault_reply(reply, &resp.base, true);
     }
-    goto out;
-destroy : {
-    kv_error_record saved;
-    kv_error_save(&saved);
-    if (kv_failed(hsm_key_destroy(v->hsm, &hid)))
-        kv_log_error_record(KV_LOG_WARN, "removing the new key");
-    kv_error_restore(&saved);
-}
-out:
-    pthread_mutex_unlock(&v->lifecycle);
-    free(tok_spki);
-    return r;
+    return vault_reply(reply, &api.base, false);
 }
 
-kv_result vault_material_open(const Hsmvault__V1__KeyMaterial *m, kv_secret *pkcs8, uint8_t **spki,
-                              size_t *spki_len, uint8_t fingerprint[32])
+/* Imports opened material as a new key of the tenant and commits it. */
+static kv_result vault_add_material(vault *v, const rpc_ctx *ctx, const char *tenant_id,
+                                    const char *name, vault_material *m, rpc_reply *reply,
+                                    const uint8_t *pfx, size_t pfx_len)
 {
-    KV_ENSURE(m != NULL && m->material_case != HSMVAULT__V1__KEY_MATERIAL__MATERIAL__NOT_SET,
-              KV_ERR_INVALID_ARGUMENT,
-              "the key is required: a PFX file with its password, or a .byok file");
-    KV_ENSURE(m->material_case != HSMVAULT__V1__KEY_MATERIAL__MATERIAL_BYOK, KV_ERR_UNIMPLEMENTED,
-              "BYOK files are not accepted by this vaultd yet; present a PFX");
-    KV_ENSURE(m->password.len <= VAULT_PASSWORD_MAX, KV_ERR_INVALID_ARGUMENT,
-              "the password is longer than %d bytes", VAULT_PASSWORD_MAX);
-    kv_secret pw = KV_SECRET_INIT;
-    KV_GUARD(kv_secret_from(&pw, m->password.data, m->password.len));
-    kv_result r = pfx_open(m->pfx.data, m->pfx.len, &pw, pkcs8, spki, spki_len);
-    kv_secret_free(&pw);
-    if (kv_ok(r)) r = key_fingerprint(*spki, *spki_len, fingerprint);
-    if (kv_failed(r) && pkcs8->data != NULL) {
-        kv_secret_free(pkcs8);
-        free(*spki);
-        *spki = NULL;
-    }
+    char key_id[VAULT_ID_MAX], label[128];
+    vault_new_id("key", key_id);
+    snprintf(label, sizeof(label), VAULT_LABEL_PREFIX "%s/%s", tenant_id, key_id);
+    pthread_mutex_lock(&v->lifecycle);
+    kv_result r = vault_material_import(v, m, label);
+    if (kv_ok(r)) r = vault_add_tenant_key(v, ctx, tenant_id, key_id, name, m, reply, pfx, pfx_len);
+    pthread_mutex_unlock(&v->lifecycle);
     return r;
 }
 
@@ -235,6 +202,7 @@ static kv_result vault_rpc_generate_key_impl(vault *v, const rpc_ctx *ctx,
     kv_secret pw = KV_SECRET_INIT, pkcs8 = KV_SECRET_INIT;
     uint8_t *pfx = NULL, *spki = NULL;
     size_t pfx_len = 0, spki_len = 0;
+    vault_material m = {0};
     kv_result r = vault_check_text("name", req->name, 128);
     if (kv_ok(r)) r = vault_no_locked_environments(v, req->tenant_id, "generate keys");
     if (kv_ok(r)) r = vault_password(&req->password, &pw);
@@ -243,10 +211,14 @@ static kv_result vault_rpc_generate_key_impl(vault *v, const rpc_ctx *ctx,
         snprintf(cn, sizeof(cn), "hsmvault tenant key %s", req->name);
         r = pfx_generate(cn, &pw, &pfx, &pfx_len, &pkcs8, &spki, &spki_len);
     }
+    if (kv_ok(r)) {
+        r = vault_material_from_pkcs8(&pkcs8, spki, spki_len,
+                                      HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED, &m);
+        spki = NULL; /* m owns it now, also on failure */
+    }
     if (kv_ok(r))
-        r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name,
-                                 HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_GENERATED, &pkcs8, spki,
-                                 spki_len, reply, pfx, pfx_len);
+        r = vault_add_material(v, ctx, req->tenant_id, req->name, &m, reply, pfx, pfx_len);
+    vault_material_free(&m);
     kv_secret_free(&pw);
     kv_secret_free(&pkcs8);
     kv_pb_buf_free(pfx, pfx_len);
@@ -263,20 +235,12 @@ static kv_result vault_rpc_upload_key_impl(vault *v, const rpc_ctx *ctx,
 {
     TenantRecord *tr = NULL;
     KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "upload keys", &tr));
-    kv_secret pw = KV_SECRET_INIT, pkcs8 = KV_SECRET_INIT;
-    uint8_t *spki = NULL;
-    size_t spki_len = 0;
-    uint8_t fp[KEY_FINGERPRINT_LEN];
+    vault_material m = {0};
     kv_result r = vault_check_text("name", req->name, 128);
     if (kv_ok(r)) r = vault_no_locked_environments(v, req->tenant_id, "upload keys");
-    if (kv_ok(r)) r = vault_material_open(req->material, &pkcs8, &spki, &spki_len, fp);
-    if (kv_ok(r))
-        r = vault_add_tenant_key(v, ctx, req->tenant_id, req->name,
-                                 HSMVAULT__V1__KEY_SOURCE__KEY_SOURCE_PFX, &pkcs8, spki, spki_len,
-                                 reply, NULL, 0);
-    kv_secret_free(&pw);
-    kv_secret_free(&pkcs8);
-    free(spki);
+    if (kv_ok(r)) r = vault_material_open(v, tr, req->material, &m);
+    if (kv_ok(r)) r = vault_add_material(v, ctx, req->tenant_id, req->name, &m, reply, NULL, 0);
+    vault_material_free(&m);
     kv_pb_free(&tr->base);
     return r;
 }

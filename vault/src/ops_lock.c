@@ -1,8 +1,8 @@
 /*
  * ops_lock.c: the tenant-wide lock of seed 001 and its undoing.
  *
- * Lock: a tenant admin presents the active key again (PFX + password, same
- * fingerprint) and types back the confirmation text the vault shows.  Refused
+ * Lock: a tenant admin presents the active key again (PFX + password, or its
+ * .byok file: same fingerprint) and types back the confirmation text the vault shows.  Refused
  * within lock_after_key_change (72 h) of any key change.  One commit marks
  * every active customer-managed environment locked, the active key locked and
  * every available key deleted; then their token objects are destroyed (a
@@ -10,11 +10,10 @@
  * objects of locked and deleted keys).  From then on no DEK of those
  * environments unwraps, for anyone.
  *
- * Unlock: after unlock_after_lock (1 h) the same key is presented again and
- * imported into the token (active again); then each environment is unlocked
- * one by one by an environment admin, and its old DEKs unwrap to the same
- * bytes.  A locked environment not unlocked within
- * locked_environment_retention (28 days) is deleted with its DEKs.
+ * Unlock: after unlock_after_lock (1 h) the same key is presented again (PFX
+ * or .byok) and imported into the token as a new object (active again); then each environment is
+ * unlocked one by one by an environment admin, and its old DEKs unwrap to the same bytes.  A locked
+ * environment not unlocked within locked_environment_retention (28 days) is deleted with its DEKs.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -235,14 +234,15 @@ static kv_result vault_rpc_lock_tenant_impl(vault *v, const rpc_ctx *ctx,
 {
     TenantRecord *tr = NULL;
     KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "lock the tenant", &tr));
+    /* Only its fingerprint is needed: a .byok key is unwrapped into a
+     * session object to read its public key, and destroyed. */
+    vault_material m;
+    uint8_t fp[KEY_FINGERPRINT_LEN];
+    kv_result r = vault_material_open(v, tr, req->active_key, &m);
     kv_pb_free(&tr->base);
-    kv_secret pkcs8 = KV_SECRET_INIT;
-    uint8_t *spki = NULL, fp[KEY_FINGERPRINT_LEN];
-    size_t spki_len = 0;
-    kv_result r = vault_material_open(req->active_key, &pkcs8, &spki, &spki_len, fp);
-    kv_secret_free(&pkcs8); /* only its fingerprint is needed */
-    free(spki);
     KV_GUARD(r);
+    memcpy(fp, m.fingerprint, sizeof(fp));
+    vault_material_free(&m);
     vault_lock_ctx c = {.v = v,
                         .tenant_id = req->tenant_id,
                         .fingerprint = fp,
@@ -360,45 +360,36 @@ static kv_result vault_rpc_unlock_key_impl(vault *v, const rpc_ctx *ctx,
 {
     TenantRecord *tr = NULL;
     KV_GUARD(vault_key_admin_begin(v, ctx, req->tenant_id, "unlock keys", &tr));
+    kv_result r = vault_check_id("key_id", req->key_id);
+    vault_material m = {0};
+    if (kv_ok(r)) r = vault_material_open(v, tr, req->key, &m);
     kv_pb_free(&tr->base);
-    KV_GUARD(vault_check_id("key_id", req->key_id));
-    kv_secret pkcs8 = KV_SECRET_INIT;
-    uint8_t *spki = NULL, *tok_spki = NULL, fp[KEY_FINGERPRINT_LEN];
-    size_t spki_len = 0, tok_spki_len = 0;
-    KV_GUARD(vault_material_open(req->key, &pkcs8, &spki, &spki_len, fp));
+    if (kv_failed(r)) {
+        vault_material_free(&m);
+        return r;
+    }
     vault_unlock_ctx c = {.v = v,
                           .tenant_id = req->tenant_id,
                           .key_id = req->key_id,
-                          .fingerprint = fp,
+                          .fingerprint = m.fingerprint,
                           .principal = ctx->principal,
                           .now = kv_clock_now()};
-    hsm_key_id hid;
-    bool imported = false;
     pthread_mutex_lock(&v->lifecycle);
-    /* Check first (nothing reaches the token for a refused unlock), then
+    /* Check first (no token object is made for a refused unlock), then
      * import the key (token object before the record naming it), commit. */
-    kv_result r = store_update(v->store, vault_unlock_key_commit, &c);
+    r = store_update(v->store, vault_unlock_key_commit, &c);
     if (kv_ok(r)) {
         char label[128];
         snprintf(label, sizeof(label), VAULT_LABEL_PREFIX "%s/%s", req->tenant_id, req->key_id);
-        r = hsm_rsa_import_pkcs8(v->hsm, label, &pkcs8, &hid, &tok_spki, &tok_spki_len);
-        imported = kv_ok(r);
+        r = vault_material_import(v, &m, label);
     }
     if (kv_ok(r)) {
-        c.new_hsm_id = &hid;
+        c.new_hsm_id = &m.hsm_id;
         r = store_update(v->store, vault_unlock_key_commit, &c);
     }
-    if (kv_failed(r) && imported) {
-        kv_error_record saved;
-        kv_error_save(&saved);
-        if (kv_failed(hsm_key_destroy(v->hsm, &hid)))
-            kv_log_error_record(KV_LOG_WARN, "unlock: removing the imported key");
-        kv_error_restore(&saved);
-    }
+    if (kv_failed(r)) vault_material_discard(v, &m);
     pthread_mutex_unlock(&v->lifecycle);
-    kv_secret_free(&pkcs8);
-    free(spki);
-    free(tok_spki);
+    vault_material_free(&m);
     if (kv_ok(r)) {
         KV_LOG_WARN(
             "tenant %s: key %s unlocked by %s; its environments stay locked until each is unlocked",
@@ -555,5 +546,7 @@ kv_result vault_sweep(vault *v)
     }
     pthread_mutex_unlock(&v->lifecycle);
     store_list_free(&envs);
+    /* BYOK import key versions past their validity leave the token too. */
+    if (kv_ok(r)) r = vault_import_keys_sweep(v);
     return r;
 }

@@ -1,7 +1,8 @@
 /*
  * reconcile.c: keeps the token and the store in agreement.  At start-up
- * orphan objects (labelled hsmvault:*, named by no key record: left by a
- * crash between token create and store commit) are destroyed, and keys the
+ * orphan objects (labelled hsmvault:*, named by no key record and no BYOK
+ * import key record: left by a crash between token create and store
+ * commit) are destroyed, and keys the
  * store names but the token lacks are reported.  The Audit service uses the
  * same matching, read-only, for ListTokenObjects and Reconcile.
  * Must never destroy an object that a key record names, nor one whose label
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "kv_base64.h"
+#include "kv_clock.h"
 #include "kv_log.h"
 #include "kv_pb.h"
 #include "vault.h"
@@ -31,26 +33,42 @@ static bool vault_key_expected_in_token(const KeyRecord *k)
            k->state != HSMVAULT__V1__KEY_STATE__KEY_STATE_LOCKED;
 }
 
-/* Loads every key record and every token object. */
-static kv_result vault_inventory(vault *v, store_list *keys, hsm_object_info **objs, size_t *n_objs)
+/* Loads every key record, every import key record and every token object. */
+static kv_result vault_inventory(vault *v, store_list *keys, store_list *imports,
+                                 hsm_object_info **objs, size_t *n_objs)
 {
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
     kv_result r = store_collect(t, STORE_KEYS, "", &hsmvault__store__key_record__descriptor, NULL,
                                 NULL, keys);
+    if (kv_ok(r)) r = vault_import_keys_collect(t, imports);
     store_read_end(t);
     if (kv_ok(r)) r = hsm_objects_list(v->hsm, objs, n_objs);
-    if (kv_failed(r)) store_list_free(keys);
+    if (kv_failed(r)) {
+        store_list_free(keys);
+        store_list_free(imports);
+    }
     return r;
+}
+
+/* A private key object with this id is in the listing. */
+static bool vault_token_has_private(const hsm_object_info *objs, size_t n, const uint8_t *id,
+                                    size_t id_len)
+{
+    for (size_t j = 0; j < n; j++)
+        if (objs[j].id_len == id_len && memcmp(objs[j].id, id, id_len) == 0 &&
+            strcmp(objs[j].object_class, "private-key") == 0)
+            return true;
+    return false;
 }
 
 kv_result vault_reconcile(vault *v)
 {
-    store_list keys = {0};
+    store_list keys = {0}, imports = {0};
     hsm_object_info *objs = NULL;
     size_t n_objs = 0;
     pthread_mutex_lock(&v->lifecycle);
-    kv_result r = vault_inventory(v, &keys, &objs, &n_objs);
+    kv_result r = vault_inventory(v, &keys, &imports, &objs, &n_objs);
     if (kv_failed(r)) goto out;
     unsigned removed = 0, missing = 0;
     for (size_t i = 0; i < n_objs; i++) {
@@ -58,6 +76,8 @@ kv_result vault_reconcile(vault *v)
         if (strncmp(o->label, VAULT_LABEL_PREFIX, strlen(VAULT_LABEL_PREFIX)) != 0) continue;
         const KeyRecord *k = vault_key_by_hsm_id(&keys, o->id, o->id_len);
         if (k != NULL && vault_key_expected_in_token(k)) continue;
+        const ImportKeyRecord *ik = vault_import_key_by_hsm_id(&imports, o->id, o->id_len);
+        if (ik != NULL && !ik->retired) continue;
         if (o->id_len != HSM_KEY_ID_LEN) continue;
         hsm_key_id id;
         memcpy(id.bytes, o->id, HSM_KEY_ID_LEN);
@@ -67,24 +87,29 @@ kv_result vault_reconcile(vault *v)
         removed++;
         KV_LOG_WARN("reconcile: removed token object '%s' (id %s, %s): %s", o->label, hex,
                     o->object_class,
-                    k == NULL ? "no key record names it (left by an interrupted change)"
-                              : "its key is locked or deleted");
+                    ik != NULL  ? "its import key version is retired"
+                    : k == NULL ? "no key record names it (left by an interrupted change)"
+                                : "its key is locked or deleted");
     }
     for (size_t i = 0; i < keys.n; i++) {
         const KeyRecord *k = (const KeyRecord *)keys.items[i];
         if (!vault_key_expected_in_token(k)) continue;
-        bool found = false;
-        for (size_t j = 0; j < n_objs && !found; j++)
-            found = objs[j].id_len == k->hsm_id.len &&
-                    memcmp(objs[j].id, k->hsm_id.data, k->hsm_id.len) == 0 &&
-                    strcmp(objs[j].object_class, "private-key") == 0;
-        if (!found) {
+        if (!vault_token_has_private(objs, n_objs, k->hsm_id.data, k->hsm_id.len)) {
             missing++;
             KV_LOG_ERROR(
                 "reconcile: key %s of tenant %s is missing from the token; DEKs under it cannot "
                 "be unwrapped until it is restored",
                 k->id, k->tenant_id);
         }
+    }
+    for (size_t i = 0; i < imports.n; i++) {
+        const ImportKeyRecord *ik = (const ImportKeyRecord *)imports.items[i];
+        if (ik->retired || vault_token_has_private(objs, n_objs, ik->hsm_id.data, ik->hsm_id.len))
+            continue;
+        missing++;
+        KV_LOG_ERROR("reconcile: import key version %u of subscription %s is missing from the "
+                     "token; .byok files made for it cannot be imported (rotate the import key)",
+                     ik->version, ik->subscription_id);
     }
     v->missing_keys = missing;
     KV_LOG_INFO(
@@ -94,6 +119,7 @@ out:
     pthread_mutex_unlock(&v->lifecycle);
     free(objs);
     store_list_free(&keys);
+    store_list_free(&imports);
     return r;
 }
 
@@ -123,14 +149,16 @@ static kv_result vault_rpc_list_token_objects_impl(vault *v, const rpc_ctx *ctx,
                         NULL, "audit the token");
     store_read_end(t);
     KV_GUARD(r);
-    store_list keys = {0};
+    store_list keys = {0}, imports = {0};
     hsm_object_info *objs = NULL;
     size_t n = 0;
-    KV_GUARD(vault_inventory(v, &keys, &objs, &n));
+    KV_GUARD(vault_inventory(v, &keys, &imports, &objs, &n));
+    char(*kids)[KV_BYOK_KID_MAX + 1] = calloc(n ? n : 1, sizeof(*kids));
+    int64_t now = kv_clock_now();
     Hsmvault__V1__TokenObject *items = calloc(n ? n : 1, sizeof(*items));
     Hsmvault__V1__TokenObject **ptrs = calloc(n ? n : 1, sizeof(*ptrs));
     char(*hex)[2 * 64 + 1] = calloc(n ? n : 1, sizeof(*hex));
-    if (items == NULL || ptrs == NULL || hex == NULL) {
+    if (items == NULL || ptrs == NULL || hex == NULL || kids == NULL) {
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__, "out of memory");
         goto out;
     }
@@ -159,6 +187,14 @@ static kv_result vault_rpc_list_token_objects_impl(vault *v, const rpc_ctx *ctx,
         it->vault_key_id = k ? k->id : (char *)"";
         it->vault_role = (char *)(uintptr_t)(k ? vault_key_role(k) : "unknown");
         it->vault_state = (char *)(uintptr_t)(k ? vault_state_name(k->state) : "");
+        const ImportKeyRecord *ik =
+            k ? NULL : vault_import_key_by_hsm_id(&imports, o->id, o->id_len);
+        if (ik != NULL) {
+            vault_import_kid(ik->subscription_id, ik->version, kids[i], sizeof(kids[i]));
+            it->vault_key_id = kids[i];
+            it->vault_role = "import-key";
+            it->vault_state = (char *)(uintptr_t)vault_import_key_state(v, ik, now);
+        }
         ptrs[i] = it;
     }
     Hsmvault__V1__ListTokenObjectsResponse resp = HSMVAULT__V1__LIST_TOKEN_OBJECTS_RESPONSE__INIT;
@@ -169,7 +205,9 @@ out:
     free(items);
     free(ptrs);
     free(hex);
+    free(kids);
     free(objs);
     store_list_free(&keys);
+    store_list_free(&imports);
     return r;
 }

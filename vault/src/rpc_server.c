@@ -114,6 +114,8 @@ struct rpc_server {
 static char rpc_arg_max_recv[] = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
 static char rpc_arg_max_send[] = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
 static char rpc_arg_reuseport[] = GRPC_ARG_ALLOW_REUSEPORT;
+static char rpc_arg_compression[] = GRPC_ARG_ENABLE_PER_MESSAGE_COMPRESSION;
+static char rpc_arg_bdp_probe[] = GRPC_ARG_HTTP2_BDP_PROBE;
 static char rpc_tag_request;
 static char rpc_tag_recv;
 static char rpc_tag_send;
@@ -713,6 +715,11 @@ kv_result rpc_server_start(const rpc_server_config *cfg, const rpc_method *metho
         {.type = GRPC_ARG_INTEGER, .key = rpc_arg_max_send, .value.integer = (int)max_message},
         /* Two servers must never share a port silently. */
         {.type = GRPC_ARG_INTEGER, .key = rpc_arg_reuseport, .value.integer = 0},
+        /* Replies carry keys next to caller-chosen bytes: never compressed
+         * (no CRIME-style length oracle), and no work spent trying. */
+        {.type = GRPC_ARG_INTEGER, .key = rpc_arg_compression, .value.integer = 0},
+        /* Messages are a few hundred bytes: no bandwidth-delay probing pings. */
+        {.type = GRPC_ARG_INTEGER, .key = rpc_arg_bdp_probe, .value.integer = 0},
     };
     grpc_channel_args chargs = {.num_args = KV_ARRAY_LEN(args), .args = args};
     s->server = grpc_server_create(&chargs, NULL);

@@ -26,7 +26,7 @@
 #define STORE_SCHEMA_VERSION "1"
 
 static const char *const store_table_names[STORE_TABLE_COUNT] = {
-    "tenants", "keys", "environments", "databases", "principals", "meta", "outbox",
+    "tenants", "keys", "environments", "databases", "principals", "meta", "outbox", "import_keys",
 };
 
 static size_t store_initial_map = 64u << 20;

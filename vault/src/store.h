@@ -9,6 +9,7 @@
  *   principals   <principal>                    PrincipalRecord
  *   meta         schema_version, ...            raw bytes
  *   outbox       <time>-<id>                    OutboxRecord (notifications to deliver)
+ *   import_keys  <subscription_id>/<version>    ImportKeyRecord (BYOK import keys)
  *
  * Every state change is one write transaction (store_update), committed on
  * the thread that began it; MDB_MAP_FULL grows the map and retries the whole
@@ -32,6 +33,7 @@ typedef enum {
     STORE_PRINCIPALS,
     STORE_META,
     STORE_OUTBOX,
+    STORE_IMPORT_KEYS, /* <subscription_id>/<version %010u>: ImportKeyRecord (BYOK) */
     STORE_TABLE_COUNT
 } store_table;
 

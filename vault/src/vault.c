@@ -26,6 +26,7 @@ kv_result vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds)
     v->lock_after_key_change = 72 * 3600;
     v->unlock_after_lock = 3600;
     v->locked_environment_retention = 28 * 86400;
+    v->import_key_validity = VAULT_IMPORT_KEY_VALIDITY_DEFAULT;
     /* Prefer the strongest OAEP the token unwraps; record it in every blob. */
     v->wrap_hash = hsm_supports_oaep(h, HSM_OAEP_SHA256) ? HSM_OAEP_SHA256 : HSM_OAEP_SHA1;
     pthread_mutex_init(&v->lifecycle, NULL);
@@ -174,6 +175,7 @@ void vault_key_to_api(const KeyRecord *r, Hsmvault__V1__TenantKey *out, char fp_
     out->activated_at = r->activated_at;
     out->created_by = r->created_by;
     out->bits = r->bits;
+    out->import_kid = r->import_kid;
 }
 
 void vault_env_to_api(const EnvironmentRecord *r, Hsmvault__V1__Environment *out)

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "hsm.h"
+#include "kv_byok.h"
 #include "kv_result.h"
 #include "rpc_server.h"
 #include "notify.h"
@@ -34,6 +35,7 @@ typedef Hsmvault__Store__KeyRecord KeyRecord;
 typedef Hsmvault__Store__EnvironmentRecord EnvironmentRecord;
 typedef Hsmvault__Store__DatabaseRecord DatabaseRecord;
 typedef Hsmvault__Store__PrincipalRecord PrincipalRecord;
+typedef Hsmvault__Store__ImportKeyRecord ImportKeyRecord;
 
 #define VAULT_ID_MAX 32
 #define VAULT_LABEL_PREFIX "hsmvault:"
@@ -50,14 +52,15 @@ typedef struct {
     int64_t lock_after_key_change;        /* no lock sooner than this after a key change */
     int64_t unlock_after_lock;            /* no unlock sooner than this after the lock */
     int64_t locked_environment_retention; /* a locked environment is deleted after this */
-    struct vault_notifier *notifier; /* delivers the outbox; may be NULL */
+    struct vault_notifier *notifier;      /* delivers the outbox; may be NULL */
     bool test_hooks;         /* --dev only: Testing/AdvanceClock answers (non-release builds) */
     char clock_file[4096];   /* --dev: where the test clock offset persists across restarts */
     hsm_oaep_hash wrap_hash; /* strongest OAEP hash the token can unwrap */
     /* Serializes changes that create or destroy token objects or re-wrap
      * DEKs; unwraps and reads never take it. */
     pthread_mutex_t lifecycle;
-    unsigned missing_keys; /* found by the last reconcile */
+    unsigned missing_keys;       /* found by the last reconcile */
+    int64_t import_key_validity; /* an older import key version is accepted this long (seconds) */
 } vault;
 
 KV_RESULT vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds);
@@ -73,10 +76,58 @@ KV_RESULT vault_key_admin_begin(vault *v, const rpc_ctx *ctx, const char *tenant
                                 const char *action, TenantRecord **tenant);
 /* FAILED_PRECONDITION naming them if the tenant has locked environments. */
 KV_RESULT vault_no_locked_environments(vault *v, const char *tenant_id, const char *action);
-/* Opens a presented key (PFX + password) into PKCS#8 (kv_secret), SPKI and
- * fingerprint; BYOK answers UNIMPLEMENTED for now. */
-KV_RESULT vault_material_open(const Hsmvault__V1__KeyMaterial *m, kv_secret *pkcs8, uint8_t **spki,
-                              size_t *spki_len, uint8_t fingerprint[32]);
+/* A presented key (KeyMaterial: a PFX with its password, or a .byok file),
+ * the one path from material to a token key for upload, lock and unlock
+ * (material.c).  Opening checks it and yields its public key and fingerprint;
+ * importing makes it a token key.  A PFX key passes through this process as
+ * PKCS#8 in a kv_secret (wiped); a .byok key exists only inside the token
+ * (opening unwraps it into a session object to read its public key). */
+typedef struct {
+    Hsmvault__V1__KeySource source;
+    uint8_t fingerprint[32];
+    uint8_t *spki; /* DER SubjectPublicKeyInfo, malloc'd */
+    size_t spki_len;
+    kv_secret pkcs8; /* PFX or generated: the key, until imported */
+    kv_byok byok;    /* BYOK: the parsed file */
+    hsm_key_id import_hsm_id;
+    hsm_oaep_hash import_hash;
+    char import_kid[KV_BYOK_KID_MAX + 1];
+    bool in_token; /* after vault_material_import: hsm_id names the token key */
+    hsm_key_id hsm_id;
+} vault_material;
+/* Checks the material of tenant tr (a .byok file must name an import key of
+ * tr's subscription: refused before any token call otherwise). */
+KV_RESULT vault_material_open(vault *v, const TenantRecord *tr, const Hsmvault__V1__KeyMaterial *m,
+                              vault_material *out);
+/* Material from a key made here (generate): takes pkcs8 and spki. */
+KV_RESULT vault_material_from_pkcs8(kv_secret *pkcs8, uint8_t *spki, size_t spki_len,
+                                    Hsmvault__V1__KeySource source, vault_material *out);
+/* Creates the token key (label) from opened material; the token's public key
+ * must be the one opened.  Caller holds v->lifecycle. */
+KV_RESULT vault_material_import(vault *v, vault_material *m, const char *label);
+/* Destroys the token key of a failed change (keeps the error record). */
+void vault_material_discard(vault *v, vault_material *m);
+void vault_material_free(vault_material *m);
+
+/* ---- BYOK import keys (import_keys.c) ---- */
+#define VAULT_IMPORT_KEY_VALIDITY_DEFAULT (7 * 86400)
+/* "hsmvault:subscriptions/<subscription-id>/import-keys/<version>" */
+void vault_import_kid(const char *subscription_id, uint32_t version, char *out, size_t cap);
+/* The import key a .byok kid names, for a blob uploaded to tenant tr: it must
+ * name tr's subscription (INVALID_ARGUMENT otherwise), exist (NOT_FOUND) and
+ * still be accepted (FAILED_PRECONDITION once retired).  Store only. */
+KV_RESULT vault_import_key_resolve(vault *v, const TenantRecord *tr, const char *kid,
+                                   ImportKeyRecord **out);
+/* Every import key record, for reconcile and the token listing. */
+KV_RESULT vault_import_keys_collect(store_txn *t, store_list *out);
+/* The record in l whose token objects carry this CKA_ID, or NULL. */
+const ImportKeyRecord *vault_import_key_by_hsm_id(const store_list *l, const uint8_t *id,
+                                                  size_t id_len);
+/* "current", "previous" (still accepted) or "retired". */
+const char *vault_import_key_state(const vault *v, const ImportKeyRecord *k, int64_t now);
+/* Retires versions past their validity (commit), then destroys their token
+ * objects.  With vault_sweep. */
+KV_RESULT vault_import_keys_sweep(vault *v);
 KV_RESULT vault_put_key(store_txn *t, const KeyRecord *k);
 const char *vault_key_state_name(Hsmvault__V1__KeyState s);
 /* Deletes locked environments past their retention (their DEKs destroyed

@@ -65,7 +65,7 @@ static void usage(FILE *f)
         "                     unwrap_workers, sessions, lease_seconds, max_message, "
         "activation_cooldown,\n"
         "                     rollback_window, lock_after_key_change, unlock_after_lock,\n"
-        "                     locked_environment_retention\n"
+        "                     locked_environment_retention, import_key_validity\n"
         "                     (see docs/operations.md)\n"
         "  --workers N        worker threads (default 4)\n"
         "  --unwrap-workers N worker threads that serve only storage nodes' unwraps\n"
@@ -195,6 +195,7 @@ int main(int argc, char **argv)
     v.lock_after_key_change = cfg.lock_after_key_change;
     v.unlock_after_lock = cfg.unlock_after_lock;
     v.locked_environment_retention = cfg.locked_environment_retention;
+    v.import_key_validity = cfg.import_key_validity;
 #ifdef KV_TEST_HOOKS
     if (dev && kv_failed(vaultd_dev_clock(&cfg, v.clock_file, sizeof(v.clock_file)))) goto fail;
 #endif
