@@ -43,6 +43,15 @@ typedef Hsmvault__Store__ImportKeyRecord ImportKeyRecord;
 #define VAULT_PASSWORD_MIN 8
 #define VAULT_PASSWORD_MAX 1024
 
+/* The audit log's token objects (audit.c creates them at first start): an
+ * HMAC key for the records and an RSA key pair that signs checkpoints.  Their
+ * CKA_IDs, as hex, are in the meta table under the VAULT_META_AUDIT_* keys;
+ * reconcile and the token audit match objects by that id, never by label. */
+#define VAULT_AUDIT_HMAC_LABEL "hsmvault:audit/hmac-key"
+#define VAULT_AUDIT_SIGN_LABEL "hsmvault:audit/checkpoint-key"
+#define VAULT_META_AUDIT_HMAC_ID "audit_hmac_key_id"
+#define VAULT_META_AUDIT_SIGN_ID "audit_checkpoint_key_id"
+
 typedef struct {
     hsm *hsm;
     vault_store *store;
