@@ -79,6 +79,7 @@ kv_result vault_reconcile(vault *v)
         const ImportKeyRecord *ik = vault_import_key_by_hsm_id(&imports, o->id, o->id_len);
         if (ik != NULL && !ik->retired) continue;
         if (o->id_len != HSM_KEY_ID_LEN) continue;
+        if (vault_audit_names_object(v, o->id, o->id_len)) continue; /* the audit log's keys */
         hsm_key_id id;
         memcpy(id.bytes, o->id, HSM_KEY_ID_LEN);
         char hex[2 * HSM_KEY_ID_LEN + 1];
