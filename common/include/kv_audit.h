@@ -80,6 +80,7 @@ typedef struct {
     size_t spki_len;
     bool from_genesis;          /* recs start at seq 1 (prev must be zeros) */
     uint64_t anchor_seq;        /* the token's latest checkpoint seq (0: none) */
+    uint8_t anchor_head[KV_AUDIT_HASH_BYTES]; /* and the head hash it signed */
     kv_audit_hmac_check_fn hmac; /* NULL: offline, MACs not checked */
     void *hmac_arg;
 } kv_audit_verify_opts;

@@ -225,13 +225,26 @@ kv_result kv_audit_verify(const kv_audit_record *recs, size_t n, const kv_audit_
                           from, c->seq, c->seq);
         }
     }
-    if (rep->kind == KV_AUDIT_OK && o->anchor_seq > 0 &&
-        (o->anchor_seq > last_cp || (n > 0 && o->anchor_seq > rep->last_seq)))
-        kv_audit_find(rep, KV_AUDIT_TRUNCATED, last_cp + 1,
-                      "the token's anchor names checkpoint %" PRIu64
-                      " but the log's last checkpoint is %" PRIu64
-                      " and its last record %" PRIu64 ": records and checkpoints were removed",
-                      o->anchor_seq, last_cp, rep->last_seq);
+    /* The token's anchor names the latest checkpoint the vault wrote: the
+     * record it covers must still be here with the same hash (deleting the
+     * tail and the last checkpoint, or rewriting the log after it, shows). */
+    if (rep->kind == KV_AUDIT_OK && o->anchor_seq > 0) {
+        uint64_t first = n ? recs[0].seq : 0;
+        if (n == 0 || o->anchor_seq > recs[0].seq + good - 1 || o->anchor_seq > last_cp)
+            kv_audit_find(rep, KV_AUDIT_TRUNCATED, o->anchor_seq > rep->last_seq ? rep->last_seq + 1
+                                                                              : last_cp + 1,
+                          "the token's anchor names checkpoint %" PRIu64
+                          " but the log's last checkpoint is %" PRIu64
+                          " and its last record %" PRIu64 ": records and checkpoints were removed",
+                          o->anchor_seq, last_cp, rep->last_seq);
+        else if (o->anchor_seq >= first &&
+                 CRYPTO_memcmp(recs[o->anchor_seq - first].hash, o->anchor_head,
+                               KV_AUDIT_HASH_BYTES) != 0)
+            kv_audit_find(rep, KV_AUDIT_CHANGED, o->anchor_seq,
+                          "record %" PRIu64 " is not the one the token's anchor sealed: the log "
+                          "was truncated and written again",
+                          o->anchor_seq);
+    }
     rep->unsealed = rep->last_seq > last_cp ? rep->last_seq - last_cp : 0;
 out:
     free(sorted);

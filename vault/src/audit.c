@@ -59,6 +59,7 @@ typedef struct audit_pending {
     bool done;
     bool failed;
     kv_error_record err;
+    pthread_cond_t cv; /* its caller waits on it: only the batch's callers wake */
     struct audit_pending *next;
 } audit_pending;
 
@@ -68,7 +69,7 @@ struct vault_audit {
     hsm_key_id hmac_id, sign_id;
     unsigned checkpoint_every;
     pthread_mutex_t mu;
-    pthread_cond_t work, done;
+    pthread_cond_t work;
     audit_pending *head, *tail;
     bool stop;
     pthread_t writer;
@@ -359,7 +360,9 @@ static kv_result audit_seal_update(store_txn *t, void *arg)
     uint8_t hash[32];
     KV_GUARD(audit_head(t, &head, hash));
     KV_GUARD(audit_last_checkpoint(t, &last_cp));
-    if (head == last_cp || (!c->force && head - last_cp < c->a->checkpoint_every))
+    /* A head below the last checkpoint means records were removed: never
+     * seal such a log (verification reports it). */
+    if (head <= last_cp || (!c->force && head - last_cp < c->a->checkpoint_every))
         return KV_SUCCESS;
     AuditCheckpointRecord cp = HSMVAULT__STORE__AUDIT_CHECKPOINT_RECORD__INIT;
     cp.seq = head;
@@ -404,11 +407,12 @@ static kv_result audit_seal(vault_audit *a, bool force)
     return r;
 }
 
-static kv_result audit_anchor_read(vault_audit *a, uint64_t *seq)
+static kv_result audit_anchor_read(vault_audit *a, uint64_t *seq, uint8_t head[32])
 {
     uint8_t anchor[64];
     size_t n = 0;
     *seq = 0;
+    memset(head, 0, 32);
     kv_result r = hsm_data_get(a->v->hsm, AUDIT_ANCHOR_LABEL, anchor, sizeof(anchor), &n);
     if (kv_failed(r)) {
         if (kv_error_code() != KV_ERR_NOT_FOUND) return r;
@@ -418,6 +422,7 @@ static kv_result audit_anchor_read(vault_audit *a, uint64_t *seq)
     KV_ENSURE(n == 40, KV_ERR_DATA_LOSS, "the token's audit anchor is damaged (%zu bytes)", n);
     for (int i = 0; i < 8; i++)
         *seq = *seq << 8 | anchor[i];
+    memcpy(head, anchor + 8, 32);
     return KV_SUCCESS;
 }
 
@@ -448,9 +453,9 @@ static void *audit_writer_main(void *arg)
             p->failed = kv_failed(r);
             if (p->failed) p->err = err;
             p->done = true;
+            pthread_cond_signal(&p->cv);
             p = next;
         }
-        pthread_cond_broadcast(&a->done);
         pthread_mutex_unlock(&a->mu);
         if (kv_ok(r) && kv_failed(audit_seal(a, false)))
             kv_log_error_record(KV_LOG_ERROR, "writing an audit checkpoint");
@@ -463,10 +468,11 @@ static void *audit_writer_main(void *arg)
 /* Appends a result record and waits until it is durable. */
 static kv_result audit_append_wait(vault_audit *a, uint8_t *ev, size_t n)
 {
-    audit_pending p = {.event = ev, .len = n};
+    audit_pending p = {.event = ev, .len = n, .cv = PTHREAD_COND_INITIALIZER};
     pthread_mutex_lock(&a->mu);
     if (a->stop) {
         pthread_mutex_unlock(&a->mu);
+        pthread_cond_destroy(&p.cv);
         KV_BAIL(KV_ERR_UNAVAILABLE, "the audit log is closed (vaultd is shutting down)");
     }
     if (a->tail != NULL)
@@ -476,8 +482,9 @@ static kv_result audit_append_wait(vault_audit *a, uint8_t *ev, size_t n)
     a->tail = &p;
     pthread_cond_signal(&a->work);
     while (!p.done)
-        pthread_cond_wait(&a->done, &a->mu);
+        pthread_cond_wait(&p.cv, &a->mu);
     pthread_mutex_unlock(&a->mu);
+    pthread_cond_destroy(&p.cv);
     if (p.failed) {
         kv_error_restore(&p.err);
         return KV_FAILURE;
@@ -500,6 +507,9 @@ kv_result vault_audit_around(void *app, rpc_handler_fn fn, const rpc_ctx *ctx, c
     audit_cur = &c;
     kv_result r = fn(app, ctx, req, req_len, reply);
     audit_cur = NULL;
+    /* Test hook: the change (if any) committed with its record, the result
+     * record not yet written. */
+    if (kv_ok(r)) vault_test_crash_point(v, "audit-before-result");
     kv_error_record err;
     kv_error_save(&err);
     kv_code code = kv_failed(r) ? err.code : KV_OK;
@@ -600,9 +610,9 @@ kv_result vault_audit_open(vault *v, unsigned checkpoint_every)
     pthread_mutex_init(&a->mu, NULL);
     pthread_mutex_init(&a->seal_mu, NULL);
     pthread_cond_init(&a->work, NULL);
-    pthread_cond_init(&a->done, NULL);
     kv_result r = audit_keys_ensure(a);
-    if (kv_ok(r)) r = audit_anchor_read(a, &a->anchored);
+    uint8_t head[32];
+    if (kv_ok(r)) r = audit_anchor_read(a, &a->anchored, head);
     if (kv_ok(r) && pthread_create(&a->writer, NULL, audit_writer_main, a) != 0)
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__,
                          "cannot start the audit writer thread");
@@ -611,7 +621,6 @@ kv_result vault_audit_open(vault *v, unsigned checkpoint_every)
         pthread_mutex_destroy(&a->mu);
         pthread_mutex_destroy(&a->seal_mu);
         pthread_cond_destroy(&a->work);
-        pthread_cond_destroy(&a->done);
         free(a);
         return r;
     }
@@ -639,7 +648,6 @@ void vault_audit_close(vault *v)
     pthread_mutex_destroy(&a->mu);
     pthread_mutex_destroy(&a->seal_mu);
     pthread_cond_destroy(&a->work);
-    pthread_cond_destroy(&a->done);
     free(a);
 }
 
@@ -659,11 +667,11 @@ kv_result vault_audit_public_key(vault *v, uint8_t **spki, size_t *spki_len)
     return hsm_public_key_spki(v->hsm, &v->audit->sign_id, spki, spki_len);
 }
 
-kv_result vault_audit_anchor(vault *v, uint64_t *seq)
+kv_result vault_audit_anchor(vault *v, uint64_t *seq, uint8_t head[32])
 {
     KV_ENSURE(v->audit != NULL, KV_ERR_FAILED_PRECONDITION,
               "the audit log is off in this vaultd (--no-audit-log)");
-    return audit_anchor_read(v->audit, seq);
+    return audit_anchor_read(v->audit, seq, head);
 }
 
 kv_result vault_audit_hmac_check(void *arg, const kv_audit_record *r, bool *ok)

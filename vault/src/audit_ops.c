@@ -369,7 +369,8 @@ kv_result vault_audit_verify_store(vault *v, kv_audit_report *rep, uint64_t *anc
     KV_GUARD(vault_audit_seal(v));
     /* The anchor first: it never leads the store, so a snapshot taken after
      * it holds at least what it names. */
-    KV_GUARD(vault_audit_anchor(v, anchor));
+    uint8_t anchor_head[32];
+    KV_GUARD(vault_audit_anchor(v, anchor, anchor_head));
     uint8_t *spki = NULL;
     size_t spki_len = 0;
     KV_GUARD(vault_audit_public_key(v, &spki, &spki_len));
@@ -391,6 +392,7 @@ kv_result vault_audit_verify_store(vault *v, kv_audit_report *rep, uint64_t *anc
                                   .anchor_seq = *anchor,
                                   .hmac = vault_audit_hmac_check,
                                   .hmac_arg = v};
+        memcpy(o.anchor_head, anchor_head, 32);
         r = kv_audit_verify(recs, raw.entries.n, cps, raw.checkpoints.n, &o, rep);
     }
     free(recs);

@@ -178,7 +178,7 @@ void vault_audit_task(const char *task);
 bool vault_audit_names_object(vault *v, const uint8_t *id, size_t id_len);
 KV_RESULT vault_audit_seal(vault *v);
 KV_RESULT vault_audit_public_key(vault *v, uint8_t **spki, size_t *spki_len);
-KV_RESULT vault_audit_anchor(vault *v, uint64_t *seq);
+KV_RESULT vault_audit_anchor(vault *v, uint64_t *seq, uint8_t head[32]);
 /* kv_audit_hmac_check_fn over the token's audit key (arg: the vault). */
 KV_RESULT vault_audit_hmac_check(void *arg, const kv_audit_record *r, bool *ok);
 /* Seals, then verifies the whole stored log online (HMACs, signatures,
