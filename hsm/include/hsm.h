@@ -153,6 +153,10 @@ KV_RESULT hsm_byok_wrap(hsm *h, const char *key_label, const uint8_t *import_spk
 /* Generates a 256-bit generic secret key for CKM_SHA256_HMAC: sensitive,
  * never extractable, sign/verify only. */
 KV_RESULT hsm_hmac_generate(hsm *h, const char *label, hsm_key_id *id);
+/* n HMAC-SHA256 of items of item_len bytes (in: n * item_len bytes) into
+ * macs (n * HSM_HMAC_BYTES), on one token session. */
+KV_RESULT hsm_hmac_sha256_many(hsm *h, const hsm_key_id *id, const uint8_t *in, size_t n,
+                               size_t item_len, uint8_t *macs);
 /* HMAC-SHA256 of data under the token key id. */
 KV_RESULT hsm_hmac_sha256(hsm *h, const hsm_key_id *id, const uint8_t *data, size_t len,
                           uint8_t mac[HSM_HMAC_BYTES]);

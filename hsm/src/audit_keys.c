@@ -74,38 +74,50 @@ kv_result hsm_hmac_generate(hsm *h, const char *label, hsm_key_id *id)
     return KV_SUCCESS;
 }
 
-kv_result hsm_hmac_sha256(hsm *h, const hsm_key_id *id, const uint8_t *data, size_t len,
-                          uint8_t mac[HSM_HMAC_BYTES])
+kv_result hsm_hmac_sha256_many(hsm *h, const hsm_key_id *id, const uint8_t *in, size_t n,
+                               size_t item_len, uint8_t *macs)
 {
-    KV_ENSURE(h != NULL && id != NULL && (data != NULL || len == 0) && mac != NULL,
-              KV_ERR_INVALID_ARGUMENT, "hsm_hmac_sha256: missing argument");
+    KV_ENSURE(h != NULL && id != NULL && (in != NULL || n == 0) && (macs != NULL || n == 0),
+              KV_ERR_INVALID_ARGUMENT, "hsm_hmac_sha256_many: missing argument");
+    if (n == 0) return KV_SUCCESS;
     kv_result r = KV_SUCCESS;
     CK_MECHANISM mech = {CKM_SHA256_HMAC, NULL, 0};
     CK_OBJECT_HANDLE key = 0;
     CK_SESSION_HANDLE s;
     KV_GUARD(hsm_session_acquire(h, &s));
-    bool cached = hsm_handle_lookup(h, id, &key);
-    CK_RV rv = CKR_KEY_HANDLE_INVALID;
-    if (cached) rv = h->p11->C_SignInit(s, &mech, key);
-    if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
-        if (cached) hsm_handle_forget(h, id);
-        KV_GUARD_GOTO(hsm_audit_object(h, s, id, CKO_SECRET_KEY, &key), r, out);
-        rv = h->p11->C_SignInit(s, &mech, key);
-        if (rv == CKR_OK) hsm_handle_remember(h, id, key);
-    }
-    if (rv != CKR_OK) {
-        r = HSM_RV_FAIL(rv, "C_SignInit(CKM_SHA256_HMAC)");
-        goto out;
-    }
-    CK_ULONG mac_len = HSM_HMAC_BYTES;
-    rv = h->p11->C_Sign(s, (CK_BYTE_PTR)(uintptr_t)data, (CK_ULONG)len, mac, &mac_len);
-    if (rv != CKR_OK || mac_len != HSM_HMAC_BYTES) {
-        r = HSM_RV_FAIL(rv != CKR_OK ? rv : CKR_GENERAL_ERROR, "C_Sign(CKM_SHA256_HMAC)");
-        goto out;
+    for (size_t i = 0; i < n; i++) {
+        bool cached = hsm_handle_lookup(h, id, &key);
+        CK_RV rv = CKR_KEY_HANDLE_INVALID;
+        if (cached) rv = h->p11->C_SignInit(s, &mech, key);
+        if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
+            if (cached) hsm_handle_forget(h, id);
+            KV_GUARD_GOTO(hsm_audit_object(h, s, id, CKO_SECRET_KEY, &key), r, out);
+            rv = h->p11->C_SignInit(s, &mech, key);
+            if (rv == CKR_OK) hsm_handle_remember(h, id, key);
+        }
+        if (rv != CKR_OK) {
+            r = HSM_RV_FAIL(rv, "C_SignInit(CKM_SHA256_HMAC)");
+            goto out;
+        }
+        CK_ULONG mac_len = HSM_HMAC_BYTES;
+        rv = h->p11->C_Sign(s, (CK_BYTE_PTR)(uintptr_t)(in + i * item_len), (CK_ULONG)item_len,
+                            macs + i * HSM_HMAC_BYTES, &mac_len);
+        if (rv != CKR_OK || mac_len != HSM_HMAC_BYTES) {
+            r = HSM_RV_FAIL(rv != CKR_OK ? rv : CKR_GENERAL_ERROR, "C_Sign(CKM_SHA256_HMAC)");
+            goto out;
+        }
     }
 out:
     hsm_session_release(h, s, kv_failed(r));
     return r;
+}
+
+kv_result hsm_hmac_sha256(hsm *h, const hsm_key_id *id, const uint8_t *data, size_t len,
+                          uint8_t mac[HSM_HMAC_BYTES])
+{
+    KV_ENSURE(data != NULL || len == 0, KV_ERR_INVALID_ARGUMENT, "hsm_hmac_sha256: no data");
+    static const uint8_t empty[1];
+    return hsm_hmac_sha256_many(h, id, len ? data : empty, 1, len, mac);
 }
 
 kv_result hsm_sign_key_generate(hsm *h, const char *label, unsigned bits, hsm_key_id *id,

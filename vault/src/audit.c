@@ -71,6 +71,7 @@ struct vault_audit {
     pthread_mutex_t mu;
     pthread_cond_t work;
     audit_pending *head, *tail;
+    unsigned n_pending;
     bool stop;
     pthread_t writer;
     bool writer_running;
@@ -263,31 +264,34 @@ static kv_result audit_head(store_txn *t, uint64_t *seq, uint8_t hash[32])
     return KV_SUCCESS;
 }
 
-/* Appends one record after (*seq, prev) and advances them. */
-static kv_result audit_append_one(vault_audit *a, store_txn *t, const uint8_t *ev, size_t n,
-                                  uint64_t *seq, uint8_t prev[32])
+static kv_result audit_put_entry(store_txn *t, uint64_t seq, const uint8_t *ev, size_t n,
+                                 const uint8_t prev[32], const uint8_t hash[32],
+                                 const uint8_t mac[32])
 {
     KV_ENSURE(n > 0 && n <= KV_AUDIT_EVENT_MAX, KV_ERR_INTERNAL, "audit event of %zu bytes", n);
-    uint64_t s = *seq + 1;
-    uint8_t hash[32], mac[32];
-    kv_audit_record_hash(prev, s, ev, n, hash);
-    KV_GUARD(hsm_hmac_sha256(a->v->hsm, &a->hmac_id, hash, 32, mac));
     AuditEntry e = HSMVAULT__STORE__AUDIT_ENTRY__INIT;
-    e.seq = s;
+    e.seq = seq;
     e.event.data = (uint8_t *)(uintptr_t)ev;
     e.event.len = n;
-    e.prev_hash.data = prev;
+    e.prev_hash.data = (uint8_t *)(uintptr_t)prev;
     e.prev_hash.len = 32;
-    e.hash.data = hash;
+    e.hash.data = (uint8_t *)(uintptr_t)hash;
     e.hash.len = 32;
-    e.hmac.data = mac;
+    e.hmac.data = (uint8_t *)(uintptr_t)mac;
     e.hmac.len = 32;
     char key[24];
-    audit_seq_key(s, key);
-    KV_GUARD(store_put(t, STORE_AUDIT_LOG, key, &e.base));
-    *seq = s;
-    memcpy(prev, hash, 32);
-    return KV_SUCCESS;
+    audit_seq_key(seq, key);
+    return store_put(t, STORE_AUDIT_LOG, key, &e.base);
+}
+
+/* Appends one record after (seq, prev). */
+static kv_result audit_append_one(vault_audit *a, store_txn *t, const uint8_t *ev, size_t n,
+                                  uint64_t seq, const uint8_t prev[32])
+{
+    uint8_t hash[32], mac[32];
+    kv_audit_record_hash(prev, seq + 1, ev, n, hash);
+    KV_GUARD(hsm_hmac_sha256(a->v->hsm, &a->hmac_id, hash, 32, mac));
+    return audit_put_entry(t, seq + 1, ev, n, prev, hash, mac);
 }
 
 /* The store commit hook: the change record joins the change's transaction. */
@@ -301,7 +305,7 @@ static kv_result audit_commit_hook(store_txn *t, unsigned touched, void *arg)
     uint64_t seq;
     uint8_t prev[32];
     kv_result r = audit_head(t, &seq, prev);
-    if (kv_ok(r)) r = audit_append_one(a, t, ev, n, &seq, prev);
+    if (kv_ok(r)) r = audit_append_one(a, t, ev, n, seq, prev);
     kv_pb_buf_free(ev, n);
     if (kv_failed(r))
         kv_error_context("the audit record of this change cannot be written, so the change was "
@@ -320,9 +324,31 @@ static kv_result audit_batch_update(store_txn *t, void *arg)
     uint64_t seq;
     uint8_t prev[32];
     KV_GUARD(audit_head(t, &seq, prev));
+    size_t n = 0;
     for (audit_pending *p = c->batch; p != NULL; p = p->next)
-        KV_GUARD(audit_append_one(c->a, t, p->event, p->len, &seq, prev));
-    return KV_SUCCESS;
+        n++;
+    /* Hashes first (the chain), then every MAC with one token session: the
+     * writer queues for a session once per batch, not once per record,
+     * behind the unwraps that keep the pool busy. */
+    uint8_t(*hashes)[32] = malloc(n * 2 * 32);
+    KV_ENSURE(hashes != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory writing audit records");
+    uint8_t(*macs)[32] = hashes + n;
+    uint64_t s = seq;
+    uint8_t link[32];
+    memcpy(link, prev, 32);
+    size_t i = 0;
+    for (audit_pending *p = c->batch; p != NULL; p = p->next, i++) {
+        kv_audit_record_hash(link, ++s, p->event, p->len, hashes[i]);
+        memcpy(link, hashes[i], 32);
+    }
+    kv_result r = hsm_hmac_sha256_many(c->a->v->hsm, &c->a->hmac_id, &hashes[0][0], n, 32,
+                                       &macs[0][0]);
+    i = 0;
+    for (audit_pending *p = c->batch; kv_ok(r) && p != NULL; p = p->next, i++)
+        r = audit_put_entry(t, seq + 1 + i, p->event, p->len, i == 0 ? prev : hashes[i - 1],
+                            hashes[i], macs[i]);
+    free(hashes);
+    return r;
 }
 
 /* ---- checkpoints ---- */
@@ -439,6 +465,7 @@ static void *audit_writer_main(void *arg)
         if (a->head == NULL && a->stop) break;
         audit_pending *batch = a->head;
         a->head = a->tail = NULL;
+        a->n_pending = 0;
         pthread_mutex_unlock(&a->mu);
         audit_batch_ctx c = {.a = a, .batch = batch};
         kv_result r = store_update(a->v->store, audit_batch_update, &c);
@@ -480,6 +507,7 @@ static kv_result audit_append_wait(vault_audit *a, uint8_t *ev, size_t n)
     else
         a->head = &p;
     a->tail = &p;
+    a->n_pending++;
     pthread_cond_signal(&a->work);
     while (!p.done)
         pthread_cond_wait(&p.cv, &a->mu);
