@@ -46,8 +46,12 @@ static int audit_parse_time(const char *opt, const char *s, int64_t *ms)
         return cli_usage_error("%s takes epoch seconds or a UTC time like 2026-12-02T18:40:00Z, "
                                "not '%s'",
                                opt, s);
-    struct tm tm = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h,
-                    .tm_min = mi, .tm_sec = se};
+    struct tm tm = {.tm_year = y - 1900,
+                    .tm_mon = mo - 1,
+                    .tm_mday = d,
+                    .tm_hour = h,
+                    .tm_min = mi,
+                    .tm_sec = se};
     *ms = (int64_t)timegm(&tm) * 1000;
     return EXIT_OK;
 }
@@ -96,7 +100,8 @@ int audit_cli_log(vc *c, const audit_cli_args *a)
     int rc = audit_parse_time("--since", a->since, &req.since_ms);
     if (rc == EXIT_OK) rc = audit_parse_time("--until", a->until, &req.until_ms);
     if (rc != EXIT_OK) return rc;
-    if (a->until != NULL && strlen(a->until) == 10) req.until_ms += 86400 * 1000 - 1; /* whole day */
+    if (a->until != NULL && strlen(a->until) == 10)
+        req.until_ms += 86400 * 1000 - 1; /* whole day */
     req.limit = AUDIT_PAGE;
     /* All pages; --json prints them as one ReadLogResponse. */
     Hsmvault__V1__ReadLogResponse **pages = NULL;
@@ -178,8 +183,8 @@ int audit_cli_export(vc *c, const audit_cli_args *a)
         if (req.to_seq == 0) req.to_seq = p->head_seq ? p->head_seq : 1;
         for (size_t i = 0; i < p->n_records && kv_ok(r); i++) {
             const Hsmvault__V1__ExportedRecord *e = p->records[i];
-            kv_audit_record rec = {.seq = e->seq, .event = e->event.data,
-                                   .event_len = e->event.len};
+            kv_audit_record rec = {
+                .seq = e->seq, .event = e->event.data, .event_len = e->event.len};
             if (e->prev_hash.len != 32 || e->hash.len != 32 || e->hmac.len != 32) {
                 r = kv_error_set(KV_ERR_DATA_LOSS, __FILE__, __LINE__,
                                  "record %" PRIu64 " came with damaged hashes; run audit verify",
@@ -195,8 +200,10 @@ int audit_cli_export(vc *c, const audit_cli_args *a)
         for (size_t i = 0; i < p->n_checkpoints && kv_ok(r); i++) {
             const Hsmvault__V1__ExportedCheckpoint *cp = p->checkpoints[i];
             if (cp->seq <= last_cp) continue; /* pages overlap at their edges */
-            kv_audit_checkpoint ck = {.seq = cp->seq, .time = cp->time,
-                                      .sig = cp->signature.data, .sig_len = cp->signature.len};
+            kv_audit_checkpoint ck = {.seq = cp->seq,
+                                      .time = cp->time,
+                                      .sig = cp->signature.data,
+                                      .sig_len = cp->signature.len};
             if (cp->head_hash.len == 32) memcpy(ck.head, cp->head_hash.data, 32);
             r = kv_audit_export_add_checkpoint(&text, &len, &cap, &ck);
             last_cp = cp->seq;
@@ -231,14 +238,18 @@ static int audit_report(bool json, bool ok, const char *kind, uint64_t seq, cons
     snprintf(nr, sizeof(nr), "%" PRIu64, records);
     snprintf(nc, sizeof(nc), "%" PRIu64, checkpoints);
     snprintf(nu, sizeof(nu), "%" PRIu64, unsealed);
-    print_pair out[] = {{"result", ok ? "OK" : "FAILED", false}, {"kind", kind, false},
-                        {"seq", s, true},         {"detail", detail, false},
-                        {"records", nr, true},    {"checkpoints", nc, true},
+    print_pair out[] = {{"result", ok ? "OK" : "FAILED", false},
+                        {"kind", kind, false},
+                        {"seq", s, true},
+                        {"detail", detail, false},
+                        {"records", nr, true},
+                        {"checkpoints", nc, true},
                         {"unsealed", nu, true}};
     print_pairs(stdout, out, KV_ARRAY_LEN(out), json);
     if (!ok)
-        fprintf(stderr, "vaultctl: the audit log failed verification: %s at record %" PRIu64 ": %s\n",
-                kind, seq, detail);
+        fprintf(stderr,
+                "vaultctl: the audit log failed verification: %s at record %" PRIu64 ": %s\n", kind,
+                seq, detail);
     return ok ? EXIT_OK : EXIT_ERROR;
 }
 
@@ -273,10 +284,10 @@ int audit_cli_verify(vc *c, const audit_cli_args *a)
                                   .from_genesis = ex.n_recs > 0 && ex.recs[0].seq == 1};
         r = kv_audit_verify(ex.recs, ex.n_recs, ex.cps, ex.n_cps, &o, &rep);
     }
-    int rc = kv_ok(r) ? audit_report(a->json, rep.kind == KV_AUDIT_OK, kv_audit_kind_name(rep.kind),
-                                     rep.seq, rep.detail, rep.records, rep.checkpoints,
-                                     rep.unsealed)
-                      : cli_fail();
+    int rc = kv_ok(r)
+                 ? audit_report(a->json, rep.kind == KV_AUDIT_OK, kv_audit_kind_name(rep.kind),
+                                rep.seq, rep.detail, rep.records, rep.checkpoints, rep.unsealed)
+                 : cli_fail();
     kv_audit_export_free(&ex);
     free(data);
     free(pem);
@@ -294,8 +305,8 @@ int audit_cli_key(vc *c, const audit_cli_args *a)
         return cli_fail();
     int rc = EXIT_OK;
     if (a->out != NULL) {
-        if (kv_failed(kv_file_write_new(a->out, k->public_key_pem, strlen(k->public_key_pem),
-                                        0644)))
+        if (kv_failed(
+                kv_file_write_new(a->out, k->public_key_pem, strlen(k->public_key_pem), 0644)))
             rc = cli_fail();
         else {
             print_pair out[] = {{"file", a->out, false}, {"fingerprint", k->fingerprint, false}};

@@ -47,8 +47,7 @@ typedef struct {
 } kv_audit_checkpoint;
 
 void kv_audit_record_hash(const uint8_t prev[KV_AUDIT_HASH_BYTES], uint64_t seq,
-                          const uint8_t *event, size_t event_len,
-                          uint8_t out[KV_AUDIT_HASH_BYTES]);
+                          const uint8_t *event, size_t event_len, uint8_t out[KV_AUDIT_HASH_BYTES]);
 void kv_audit_checkpoint_message(uint64_t seq, const uint8_t head[KV_AUDIT_HASH_BYTES],
                                  int64_t time, uint8_t out[KV_AUDIT_CHECKPOINT_MSG_BYTES]);
 
@@ -78,10 +77,10 @@ typedef kv_result (*kv_audit_hmac_check_fn)(void *arg, const kv_audit_record *r,
 typedef struct {
     const uint8_t *spki; /* checkpoint public key, DER SubjectPublicKeyInfo */
     size_t spki_len;
-    bool from_genesis;          /* recs start at seq 1 (prev must be zeros) */
-    uint64_t anchor_seq;        /* the token's latest checkpoint seq (0: none) */
+    bool from_genesis;                        /* recs start at seq 1 (prev must be zeros) */
+    uint64_t anchor_seq;                      /* the token's latest checkpoint seq (0: none) */
     uint8_t anchor_head[KV_AUDIT_HASH_BYTES]; /* and the head hash it signed */
-    kv_audit_hmac_check_fn hmac; /* NULL: offline, MACs not checked */
+    kv_audit_hmac_check_fn hmac;              /* NULL: offline, MACs not checked */
     void *hmac_arg;
 } kv_audit_verify_opts;
 

@@ -108,8 +108,7 @@ static kv_result kv_audit_sig_ok(EVP_PKEY *pk, const kv_audit_checkpoint *c, boo
 
 /* The chain walk: sequence, links, hashes and (online) MACs. */
 static kv_result kv_audit_walk(const kv_audit_record *recs, size_t n, const uint64_t *sorted,
-                               const kv_audit_verify_opts *o, kv_audit_report *rep,
-                               size_t *good)
+                               const kv_audit_verify_opts *o, kv_audit_report *rep, size_t *good)
 {
     static const uint8_t zero[KV_AUDIT_HASH_BYTES];
     uint64_t expected = o->from_genesis ? 1 : recs[0].seq;
@@ -198,8 +197,7 @@ kv_result kv_audit_verify(const kv_audit_record *recs, size_t n, const kv_audit_
         bool ok = false;
         KV_GUARD_GOTO(kv_audit_sig_ok(pk, c, &ok), r, out);
         if (!ok || c->seq < last_cp) {
-            kv_audit_find(rep, KV_AUDIT_BAD_CHECKPOINT, c->seq,
-                          "checkpoint %" PRIu64 " %s", c->seq,
+            kv_audit_find(rep, KV_AUDIT_BAD_CHECKPOINT, c->seq, "checkpoint %" PRIu64 " %s", c->seq,
                           ok ? "is out of order" : "does not carry a valid signature");
             break;
         }
@@ -216,8 +214,8 @@ kv_result kv_audit_verify(const kv_audit_record *recs, size_t n, const kv_audit_
         }
         const kv_audit_record *e = &recs[c->seq - recs[0].seq];
         if (CRYPTO_memcmp(e->hash, c->head, KV_AUDIT_HASH_BYTES) != 0) {
-            uint64_t from = i > 0 && cps[i - 1].seq >= recs[0].seq ? cps[i - 1].seq + 1
-                                                                   : recs[0].seq;
+            uint64_t from =
+                i > 0 && cps[i - 1].seq >= recs[0].seq ? cps[i - 1].seq + 1 : recs[0].seq;
             kv_audit_find(rep, KV_AUDIT_CHANGED, from,
                           "records %" PRIu64 " to %" PRIu64
                           " were rewritten: the chain does not reach checkpoint %" PRIu64
@@ -231,15 +229,14 @@ kv_result kv_audit_verify(const kv_audit_record *recs, size_t n, const kv_audit_
     if (rep->kind == KV_AUDIT_OK && o->anchor_seq > 0) {
         uint64_t first = n ? recs[0].seq : 0;
         if (n == 0 || o->anchor_seq > recs[0].seq + good - 1 || o->anchor_seq > last_cp)
-            kv_audit_find(rep, KV_AUDIT_TRUNCATED, o->anchor_seq > rep->last_seq ? rep->last_seq + 1
-                                                                              : last_cp + 1,
+            kv_audit_find(rep, KV_AUDIT_TRUNCATED,
+                          o->anchor_seq > rep->last_seq ? rep->last_seq + 1 : last_cp + 1,
                           "the token's anchor names checkpoint %" PRIu64
                           " but the log's last checkpoint is %" PRIu64
                           " and its last record %" PRIu64 ": records and checkpoints were removed",
                           o->anchor_seq, last_cp, rep->last_seq);
-        else if (o->anchor_seq >= first &&
-                 CRYPTO_memcmp(recs[o->anchor_seq - first].hash, o->anchor_head,
-                               KV_AUDIT_HASH_BYTES) != 0)
+        else if (o->anchor_seq >= first && CRYPTO_memcmp(recs[o->anchor_seq - first].hash,
+                                                         o->anchor_head, KV_AUDIT_HASH_BYTES) != 0)
             kv_audit_find(rep, KV_AUDIT_CHANGED, o->anchor_seq,
                           "record %" PRIu64 " is not the one the token's anchor sealed: the log "
                           "was truncated and written again",
@@ -314,8 +311,8 @@ static kv_result kv_audit_field(kv_cursor *c, const char **f, size_t *n, bool la
         end++;
     KV_ENSURE(end > start, KV_ERR_INVALID_ARGUMENT, "export line %zu: a field is missing or empty",
               lineno);
-    KV_ENSURE(last == (end == c->len), KV_ERR_INVALID_ARGUMENT,
-              "export line %zu: %s", lineno, last ? "unexpected trailing field" : "too few fields");
+    KV_ENSURE(last == (end == c->len), KV_ERR_INVALID_ARGUMENT, "export line %zu: %s", lineno,
+              last ? "unexpected trailing field" : "too few fields");
     *f = (const char *)c->data + start;
     *n = end - start;
     c->off = end < c->len ? end + 1 : end;
@@ -376,8 +373,8 @@ static kv_result kv_audit_b64_field(kv_cursor *c, size_t lineno, size_t max, uin
     KV_ENSURE(n <= kv_base64_encoded_len(max, KV_B64_STD), KV_ERR_INVALID_ARGUMENT,
               "export line %zu: a value is larger than %zu bytes", lineno, max);
     size_t got = 0;
-    if (kv_failed(kv_base64_decode(f, n, KV_B64_STD, *pool + *used, kv_base64_decoded_max(n),
-                                   &got)) ||
+    if (kv_failed(
+            kv_base64_decode(f, n, KV_B64_STD, *pool + *used, kv_base64_decoded_max(n), &got)) ||
         got == 0 || got > max)
         KV_BAIL(KV_ERR_INVALID_ARGUMENT, "export line %zu: bad base64 value", lineno);
     *out = *pool + *used;
@@ -432,9 +429,9 @@ kv_result kv_audit_export_parse(const uint8_t *data, size_t len, kv_audit_export
         size_t kn;
         KV_GUARD_GOTO(kv_audit_field(&c, &kw, &kn, false, lineno), r, fail);
         if (kn == 6 && memcmp(kw, "record", 6) == 0) {
-            KV_GUARD_GOTO(kv_audit_grow((void **)&out->recs, &rec_cap, out->n_recs,
-                                        sizeof(*out->recs)),
-                          r, fail);
+            KV_GUARD_GOTO(
+                kv_audit_grow((void **)&out->recs, &rec_cap, out->n_recs, sizeof(*out->recs)), r,
+                fail);
             kv_audit_record *e = &out->recs[out->n_recs];
             memset(e, 0, sizeof(*e));
             KV_GUARD_GOTO(kv_audit_u64_field(&c, false, lineno, &e->seq, false), r, fail);
@@ -446,8 +443,7 @@ kv_result kv_audit_export_parse(const uint8_t *data, size_t len, kv_audit_export
                           r, fail);
             out->n_recs++;
         } else if (kn == 10 && memcmp(kw, "checkpoint", 10) == 0) {
-            KV_GUARD_GOTO(kv_audit_grow((void **)&out->cps, &cp_cap, out->n_cps,
-                                        sizeof(*out->cps)),
+            KV_GUARD_GOTO(kv_audit_grow((void **)&out->cps, &cp_cap, out->n_cps, sizeof(*out->cps)),
                           r, fail);
             kv_audit_checkpoint *cp = &out->cps[out->n_cps];
             memset(cp, 0, sizeof(*cp));
@@ -464,8 +460,7 @@ kv_result kv_audit_export_parse(const uint8_t *data, size_t len, kv_audit_export
             uint64_t nr, nc;
             KV_GUARD_GOTO(kv_audit_u64_field(&c, false, lineno, &nr, false), r, fail);
             KV_GUARD_GOTO(kv_audit_u64_field(&c, true, lineno, &nc, false), r, fail);
-            KV_ENSURE_GOTO(nr == out->n_recs && nc == out->n_cps, r, fail,
-                           KV_ERR_INVALID_ARGUMENT,
+            KV_ENSURE_GOTO(nr == out->n_recs && nc == out->n_cps, r, fail, KV_ERR_INVALID_ARGUMENT,
                            "export line %zu: the end line counts %" PRIu64 " records and %" PRIu64
                            " checkpoints but the file has %zu and %zu",
                            lineno, nr, nc, out->n_recs, out->n_cps);

@@ -93,7 +93,7 @@ static kv_audit_report verify(const chain *c, uint64_t anchor)
         CHECK(rep_.kind == (want_kind));                                                           \
         CHECK(rep_.seq == (want_seq));                                                             \
         if (rep_.kind != (want_kind) || rep_.seq != (want_seq))                                    \
-            fprintf(stderr, "   got %s at %llu: %s\n", kv_audit_kind_name(rep_.kind),            \
+            fprintf(stderr, "   got %s at %llu: %s\n", kv_audit_kind_name(rep_.kind),              \
                     (unsigned long long)rep_.seq, rep_.detail);                                    \
     } while (0)
 
@@ -215,10 +215,8 @@ static void test_hmac(void)
     chain c;
     chain_make(&c);
     kv_audit_report rep;
-    kv_audit_verify_opts o = {.spki = spki,
-                              .spki_len = spki_len,
-                              .from_genesis = true,
-                              .hmac = hmac_reject_7};
+    kv_audit_verify_opts o = {
+        .spki = spki, .spki_len = spki_len, .from_genesis = true, .hmac = hmac_reject_7};
     CHECK_OK(kv_audit_verify(c.recs, c.n, c.cps, c.n_cps, &o, &rep));
     CHECK(rep.kind == KV_AUDIT_CHANGED && rep.seq == 7);
     o.spki_len = 10;
@@ -355,8 +353,8 @@ static void test_hsm_audit_keys(void)
     CHECK(memcmp(m1, m2, 32) == 0 && memcmp(m1, m3, 32) != 0);
     uint8_t *pub = NULL, *pub2 = NULL, *sig = NULL;
     size_t pub_len = 0, pub2_len = 0, sig_len = 0;
-    CHECK_OK(hsm_sign_key_generate(h, "hsmvault:audit/checkpoint-key", 2048, &sig_id, &pub,
-                                   &pub_len));
+    CHECK_OK(
+        hsm_sign_key_generate(h, "hsmvault:audit/checkpoint-key", 2048, &sig_id, &pub, &pub_len));
     CHECK_OK(hsm_public_key_spki(h, &sig_id, &pub2, &pub2_len));
     CHECK(pub_len == pub2_len && memcmp(pub, pub2, pub_len) == 0);
     /* A checkpoint signed in the token verifies with kv_audit_verify. */
@@ -419,8 +417,7 @@ int main(void)
 {
     EVP_PKEY_CTX *kc = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
     CHECK(kc != NULL && EVP_PKEY_keygen_init(kc) == 1 &&
-          EVP_PKEY_CTX_set_rsa_keygen_bits(kc, 2048) == 1 &&
-          EVP_PKEY_generate(kc, &sign_key) == 1);
+          EVP_PKEY_CTX_set_rsa_keygen_bits(kc, 2048) == 1 && EVP_PKEY_generate(kc, &sign_key) == 1);
     EVP_PKEY_CTX_free(kc);
     int n = i2d_PUBKEY(sign_key, NULL);
     spki = malloc((size_t)n);

@@ -90,8 +90,8 @@ static void audit_seq_key(uint64_t seq, char out[24])
 
 static const char *audit_role_name(unsigned role)
 {
-    static const char *const names[] = {"",          "operator",     "tenant-admin",
-                                        "environment-admin", "storage-node", "auditor"};
+    static const char *const names[] = {
+        "", "operator", "tenant-admin", "environment-admin", "storage-node", "auditor"};
     return role < KV_ARRAY_LEN(names) ? names[role] : "unknown";
 }
 
@@ -154,9 +154,9 @@ static void audit_ids_from(audit_call *c, const ProtobufCMessage *m, int depth)
 static const ProtobufCMethodDescriptor *audit_method(const char *path)
 {
     static const ProtobufCServiceDescriptor *const services[] = {
-        &hsmvault__v1__tenants__descriptor,    &hsmvault__v1__tenant_keys__descriptor,
+        &hsmvault__v1__tenants__descriptor,      &hsmvault__v1__tenant_keys__descriptor,
         &hsmvault__v1__environments__descriptor, &hsmvault__v1__key_access__descriptor,
-        &hsmvault__v1__audit__descriptor,      &hsmvault__v1__audit_log__descriptor,
+        &hsmvault__v1__audit__descriptor,        &hsmvault__v1__audit_log__descriptor,
         &hsmvault__v1__testing__descriptor,
     };
     const char *slash = path != NULL && path[0] == '/' ? strchr(path + 1, '/') : NULL;
@@ -341,8 +341,8 @@ static kv_result audit_batch_update(store_txn *t, void *arg)
         kv_audit_record_hash(link, ++s, p->event, p->len, hashes[i]);
         memcpy(link, hashes[i], 32);
     }
-    kv_result r = hsm_hmac_sha256_many(c->a->v->hsm, &c->a->hmac_id, &hashes[0][0], n, 32,
-                                       &macs[0][0]);
+    kv_result r =
+        hsm_hmac_sha256_many(c->a->v->hsm, &c->a->hmac_id, &hashes[0][0], n, 32, &macs[0][0]);
     i = 0;
     for (audit_pending *p = c->batch; kv_ok(r) && p != NULL; p = p->next, i++)
         r = audit_put_entry(t, seq + 1 + i, p->event, p->len, i == 0 ? prev : hashes[i - 1],
@@ -364,9 +364,9 @@ static kv_result audit_last_checkpoint(store_txn *t, uint64_t *seq)
 {
     char key[32];
     AuditCheckpointRecord *cp = NULL;
-    kv_result r = store_last(t, STORE_AUDIT_CHECKPOINTS, key, sizeof(key),
-                             &hsmvault__store__audit_checkpoint_record__descriptor,
-                             (ProtobufCMessage **)&cp);
+    kv_result r =
+        store_last(t, STORE_AUDIT_CHECKPOINTS, key, sizeof(key),
+                   &hsmvault__store__audit_checkpoint_record__descriptor, (ProtobufCMessage **)&cp);
     if (kv_failed(r)) {
         if (kv_error_code() != KV_ERR_NOT_FOUND) return r;
         kv_error_clear();
@@ -609,7 +609,8 @@ static kv_result audit_keys_ensure(vault_audit *a)
         KV_GUARD(audit_parse_id(ids.sign_hex, &a->sign_id));
         return KV_SUCCESS;
     }
-    KV_ENSURE((kv_failed(r1) && c1 == KV_ERR_NOT_FOUND) && (kv_failed(r2) && c2 == KV_ERR_NOT_FOUND),
+    KV_ENSURE((kv_failed(r1) && c1 == KV_ERR_NOT_FOUND) &&
+                  (kv_failed(r2) && c2 == KV_ERR_NOT_FOUND),
               KV_ERR_DATA_LOSS,
               "the store names only one of the two audit keys; restore the store from backup");
     /* First start: token objects before the commit that names them (an
@@ -617,8 +618,8 @@ static kv_result audit_keys_ensure(vault_audit *a)
     KV_GUARD(hsm_hmac_generate(v->hsm, VAULT_AUDIT_HMAC_LABEL, &a->hmac_id));
     uint8_t *spki = NULL;
     size_t spki_len = 0;
-    KV_GUARD(hsm_sign_key_generate(v->hsm, VAULT_AUDIT_SIGN_LABEL, 2048, &a->sign_id, &spki,
-                                   &spki_len));
+    KV_GUARD(
+        hsm_sign_key_generate(v->hsm, VAULT_AUDIT_SIGN_LABEL, 2048, &a->sign_id, &spki, &spki_len));
     free(spki);
     hsm_key_id_hex(&a->hmac_id, ids.hmac_hex);
     hsm_key_id_hex(&a->sign_id, ids.sign_hex);

@@ -34,9 +34,8 @@ static kv_result audit_authorize(vault *v, const rpc_ctx *ctx, const char *actio
 {
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = vault_authorize(t, ctx->principal,
-                                  ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_OPERATOR), NULL, NULL,
-                                  action);
+    kv_result r = vault_authorize(
+        t, ctx->principal, ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_OPERATOR), NULL, NULL, action);
     store_read_end(t);
     KV_GUARD(r);
     KV_ENSURE(v->audit != NULL, KV_ERR_FAILED_PRECONDITION,
@@ -147,7 +146,8 @@ static kv_result vault_rpc_read_log_impl(vault *v, const rpc_ctx *ctx,
     KV_ENSURE(req->until_ms == 0 || req->since_ms <= req->until_ms, KV_ERR_INVALID_ARGUMENT,
               "since is after until");
     KV_ENSURE(req->after_seq < UINT64_MAX, KV_ERR_INVALID_ARGUMENT, "after_seq is out of range");
-    audit_read_ctx c = {.req = req, .limit = req->limit ? req->limit : AUDIT_READ_DEFAULT,
+    audit_read_ctx c = {.req = req,
+                        .limit = req->limit ? req->limit : AUDIT_READ_DEFAULT,
                         .last_seen = req->after_seq};
     char from[24];
     audit_key(req->after_seq + 1, from);
@@ -238,11 +238,12 @@ static kv_result audit_raw_read(store_txn *t, uint64_t from, uint64_t to, size_t
                                   &hsmvault__store__audit_entry__descriptor, audit_range_one, &c);
     if (kv_failed(r) && kv_error_code() != KV_ERR_OUT_OF_RANGE) return r;
     *more = c.more;
-    uint64_t last = raw->entries.n ? ((const AuditEntry *)raw->entries.items[raw->entries.n - 1])->seq
-                                   : to;
+    uint64_t last =
+        raw->entries.n ? ((const AuditEntry *)raw->entries.items[raw->entries.n - 1])->seq : to;
     audit_range_ctx cc = {.list = &raw->checkpoints, .to = *more ? last : to, .limit = SIZE_MAX};
     r = store_scan_from(t, STORE_AUDIT_CHECKPOINTS, key,
-                        &hsmvault__store__audit_checkpoint_record__descriptor, audit_range_one, &cc);
+                        &hsmvault__store__audit_checkpoint_record__descriptor, audit_range_one,
+                        &cc);
     if (kv_failed(r) && kv_error_code() != KV_ERR_OUT_OF_RANGE) return r;
     kv_error_clear();
     return KV_SUCCESS;
@@ -308,7 +309,8 @@ static kv_result vault_rpc_export_log_impl(vault *v, const rpc_ctx *ctx,
             rp[i] = &recs[i];
         }
         for (size_t i = 0; i < m; i++) {
-            const AuditCheckpointRecord *c = (const AuditCheckpointRecord *)raw.checkpoints.items[i];
+            const AuditCheckpointRecord *c =
+                (const AuditCheckpointRecord *)raw.checkpoints.items[i];
             hsmvault__v1__exported_checkpoint__init(&cps[i]);
             cps[i].seq = c->seq;
             cps[i].head_hash = c->head_hash;
