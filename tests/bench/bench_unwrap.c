@@ -169,8 +169,14 @@ int main(int argc, char **argv)
     snprintf(w_arg, sizeof(w_arg), "%d", workers);
     snprintf(s_arg, sizeof(s_arg), "%d", sessions);
     snprintf(u_arg, sizeof(u_arg), "%d", unwrap_workers > 0 ? unwrap_workers : workers);
-    const char *extra[] = {"--workers",        w_arg, "--sessions", s_arg,
-                           "--unwrap-workers", u_arg, no_audit ? "--no-audit-log" : NULL, NULL};
+    const char *extra[] = {"--workers",
+                           w_arg,
+                           "--sessions",
+                           s_arg,
+                           "--unwrap-workers",
+                           u_arg,
+                           no_audit ? "--no-audit-log" : NULL,
+                           NULL};
     if (!vaultd_proc_start_args(&vd, state, extra)) return 1;
     vc *op = vaultd_proc_client(&vd, "operator");
     vc *sn = vaultd_proc_client(&vd, "storage-node");

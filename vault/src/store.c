@@ -26,8 +26,8 @@
 #define STORE_SCHEMA_VERSION "1"
 
 static const char *const store_table_names[STORE_TABLE_COUNT] = {
-    "tenants", "keys", "environments", "databases", "principals", "meta", "outbox", "import_keys",
-    "audit_log", "audit_checkpoints",
+    "tenants", "keys",   "environments", "databases", "principals",
+    "meta",    "outbox", "import_keys",  "audit_log", "audit_checkpoints",
 };
 
 static size_t store_initial_map = 64u << 20;

@@ -35,8 +35,8 @@ typedef enum {
     STORE_PRINCIPALS,
     STORE_META,
     STORE_OUTBOX,
-    STORE_IMPORT_KEYS, /* <subscription_id>/<version %010u>: ImportKeyRecord (BYOK) */
-    STORE_AUDIT_LOG,   /* <seq %020llu>: AuditEntry */
+    STORE_IMPORT_KEYS,       /* <subscription_id>/<version %010u>: ImportKeyRecord (BYOK) */
+    STORE_AUDIT_LOG,         /* <seq %020llu>: AuditEntry */
     STORE_AUDIT_CHECKPOINTS, /* <seq %020llu>: AuditCheckpointRecord */
     STORE_TABLE_COUNT
 } store_table;
