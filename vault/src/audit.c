@@ -83,7 +83,7 @@ struct vault_audit {
 static _Thread_local audit_call *audit_cur;
 static _Thread_local const char *audit_task; /* internal work outside RPCs */
 
-static void audit_seq_key(uint64_t seq, char out[24])
+void vault_audit_seq_key(uint64_t seq, char out[24])
 {
     snprintf(out, 24, "%020" PRIu64, seq);
 }
@@ -241,7 +241,7 @@ static kv_result audit_event_pack(const audit_call *c, const char *phase, unsign
 
 /* ---- appending (inside a write transaction) ---- */
 
-static kv_result audit_head(store_txn *t, uint64_t *seq, uint8_t hash[32])
+kv_result vault_audit_head(store_txn *t, uint64_t *seq, uint8_t hash[32])
 {
     char key[32];
     AuditEntry *last = NULL;
@@ -280,7 +280,7 @@ static kv_result audit_put_entry(store_txn *t, uint64_t seq, const uint8_t *ev, 
     e.hmac.data = (uint8_t *)(uintptr_t)mac;
     e.hmac.len = 32;
     char key[24];
-    audit_seq_key(seq, key);
+    vault_audit_seq_key(seq, key);
     return store_put(t, STORE_AUDIT_LOG, key, &e.base);
 }
 
@@ -304,7 +304,7 @@ static kv_result audit_commit_hook(store_txn *t, unsigned touched, void *arg)
     KV_GUARD(audit_event_pack(audit_cur, "change", touched, KV_OK, msg, &ev, &n));
     uint64_t seq;
     uint8_t prev[32];
-    kv_result r = audit_head(t, &seq, prev);
+    kv_result r = vault_audit_head(t, &seq, prev);
     if (kv_ok(r)) r = audit_append_one(a, t, ev, n, seq, prev);
     kv_pb_buf_free(ev, n);
     if (kv_failed(r))
@@ -323,7 +323,7 @@ static kv_result audit_batch_update(store_txn *t, void *arg)
     audit_batch_ctx *c = arg;
     uint64_t seq;
     uint8_t prev[32];
-    KV_GUARD(audit_head(t, &seq, prev));
+    KV_GUARD(vault_audit_head(t, &seq, prev));
     size_t n = 0;
     for (audit_pending *p = c->batch; p != NULL; p = p->next)
         n++;
@@ -384,7 +384,7 @@ static kv_result audit_seal_update(store_txn *t, void *arg)
     c->seq = 0;
     uint64_t head, last_cp;
     uint8_t hash[32];
-    KV_GUARD(audit_head(t, &head, hash));
+    KV_GUARD(vault_audit_head(t, &head, hash));
     KV_GUARD(audit_last_checkpoint(t, &last_cp));
     /* A head below the last checkpoint means records were removed: never
      * seal such a log (verification reports it). */
@@ -403,7 +403,7 @@ static kv_result audit_seal_update(store_txn *t, void *arg)
     cp.signature.data = sig;
     cp.signature.len = sig_len;
     char key[24];
-    audit_seq_key(head, key);
+    vault_audit_seq_key(head, key);
     kv_result r = store_put(t, STORE_AUDIT_CHECKPOINTS, key, &cp.base);
     free(sig);
     if (kv_ok(r)) {

@@ -43,11 +43,6 @@ static kv_result audit_authorize(vault *v, const rpc_ctx *ctx, const char *actio
     return KV_SUCCESS;
 }
 
-static void audit_key(uint64_t seq, char out[24])
-{
-    snprintf(out, 24, "%020" PRIu64, seq);
-}
-
 /* ---- ReadLog ---- */
 
 typedef struct {
@@ -150,7 +145,7 @@ static kv_result vault_rpc_read_log_impl(vault *v, const rpc_ctx *ctx,
                         .limit = req->limit ? req->limit : AUDIT_READ_DEFAULT,
                         .last_seen = req->after_seq};
     char from[24];
-    audit_key(req->after_seq + 1, from);
+    vault_audit_seq_key(req->after_seq + 1, from);
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
     kv_result r = store_scan_from(t, STORE_AUDIT_LOG, from,
@@ -232,7 +227,7 @@ static kv_result audit_raw_read(store_txn *t, uint64_t from, uint64_t to, size_t
                                 audit_raw *raw, bool *more)
 {
     char key[24];
-    audit_key(from, key);
+    vault_audit_seq_key(from, key);
     audit_range_ctx c = {.list = &raw->entries, .to = to, .limit = limit};
     kv_result r = store_scan_from(t, STORE_AUDIT_LOG, key,
                                   &hsmvault__store__audit_entry__descriptor, audit_range_one, &c);
@@ -246,23 +241,6 @@ static kv_result audit_raw_read(store_txn *t, uint64_t from, uint64_t to, size_t
                         &cc);
     if (kv_failed(r) && kv_error_code() != KV_ERR_OUT_OF_RANGE) return r;
     kv_error_clear();
-    return KV_SUCCESS;
-}
-
-static kv_result audit_head_seq(store_txn *t, uint64_t *seq)
-{
-    char key[32];
-    ProtobufCMessage *m = NULL;
-    kv_result r = store_last(t, STORE_AUDIT_LOG, key, sizeof(key),
-                             &hsmvault__store__audit_entry__descriptor, &m);
-    if (kv_failed(r)) {
-        if (kv_error_code() != KV_ERR_NOT_FOUND) return r;
-        kv_error_clear();
-        *seq = 0;
-        return KV_SUCCESS;
-    }
-    *seq = ((const AuditEntry *)m)->seq;
-    kv_pb_free(m);
     return KV_SUCCESS;
 }
 
@@ -285,7 +263,8 @@ static kv_result vault_rpc_export_log_impl(vault *v, const rpc_ctx *ctx,
     uint64_t head = 0;
     store_txn *t;
     KV_GUARD(store_read_begin(v->store, &t));
-    kv_result r = audit_head_seq(t, &head);
+    uint8_t head_hash[32];
+    kv_result r = vault_audit_head(t, &head, head_hash);
     if (kv_ok(r))
         r = audit_raw_read(t, from, req->to_seq, req->limit ? req->limit : AUDIT_EXPORT_DEFAULT,
                            &raw, &more);

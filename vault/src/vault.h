@@ -177,6 +177,10 @@ void vault_audit_task(const char *task);
 /* Whether the meta table names this CKA_ID as an audit key (reconcile keeps it). */
 bool vault_audit_names_object(vault *v, const uint8_t *id, size_t id_len);
 KV_RESULT vault_audit_seal(vault *v);
+/* The audit tables' key of seq (20 decimal digits). */
+void vault_audit_seq_key(uint64_t seq, char out[24]);
+/* The last record's seq and hash (0 and zeros for an empty log). */
+KV_RESULT vault_audit_head(store_txn *t, uint64_t *seq, uint8_t hash[32]);
 KV_RESULT vault_audit_public_key(vault *v, uint8_t **spki, size_t *spki_len);
 KV_RESULT vault_audit_anchor(vault *v, uint64_t *seq, uint8_t head[32]);
 /* kv_audit_hmac_check_fn over the token's audit key (arg: the vault). */
