@@ -77,6 +77,7 @@ struct vault_audit {
     bool writer_running;
     pthread_mutex_t seal_mu; /* one checkpoint at a time; anchor only moves forward */
     uint64_t anchored;
+    bool anchor_seen;
     _Atomic uint64_t next_call_id;
 };
 
@@ -446,6 +447,7 @@ static kv_result audit_anchor_read(vault_audit *a, uint64_t *seq, uint8_t head[3
         return KV_SUCCESS;
     }
     KV_ENSURE(n == 40, KV_ERR_DATA_LOSS, "the token's audit anchor is damaged (%zu bytes)", n);
+    a->anchor_seen = true;
     for (int i = 0; i < 8; i++)
         *seq = *seq << 8 | anchor[i];
     memcpy(head, anchor + 8, 32);
@@ -621,6 +623,10 @@ static kv_result audit_keys_ensure(vault_audit *a)
     KV_GUARD(
         hsm_sign_key_generate(v->hsm, VAULT_AUDIT_SIGN_LABEL, 2048, &a->sign_id, &spki, &spki_len));
     free(spki);
+    /* An empty anchor (seq 0) from the start: a missing one later is an
+     * error, never silently replaced. */
+    static const uint8_t empty_anchor[40];
+    KV_GUARD(hsm_data_put(v->hsm, AUDIT_ANCHOR_LABEL, empty_anchor, sizeof(empty_anchor)));
     hsm_key_id_hex(&a->hmac_id, ids.hmac_hex);
     hsm_key_id_hex(&a->sign_id, ids.sign_hex);
     KV_GUARD(store_update(v->store, audit_ids_update, &ids));
@@ -642,6 +648,10 @@ kv_result vault_audit_open(vault *v, unsigned checkpoint_every)
     kv_result r = audit_keys_ensure(a);
     uint8_t head[32];
     if (kv_ok(r)) r = audit_anchor_read(a, &a->anchored, head);
+    if (kv_ok(r) && !a->anchor_seen)
+        KV_LOG_ERROR("audit log: the token has no anchor object (%s); it was removed, so online "
+                     "verification cannot detect a truncated log until the next checkpoint",
+                     AUDIT_ANCHOR_LABEL);
     if (kv_ok(r) && pthread_create(&a->writer, NULL, audit_writer_main, a) != 0)
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__,
                          "cannot start the audit writer thread");

@@ -196,6 +196,8 @@ static kv_result vault_rpc_list_token_objects_impl(vault *v, const rpc_ctx *ctx,
             it->vault_role = "import-key";
             it->vault_state = (char *)(uintptr_t)vault_import_key_state(v, ik, now);
         }
+        if (k == NULL && ik == NULL && vault_audit_names_object(v, o->id, o->id_len))
+            it->vault_role = "audit-key"; /* docs/audit.md */
         ptrs[i] = it;
     }
     Hsmvault__V1__ListTokenObjectsResponse resp = HSMVAULT__V1__LIST_TOKEN_OBJECTS_RESPONSE__INIT;
