@@ -10,12 +10,31 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
 #include "kv_audit.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-/* An RSA-2048 SubjectPublicKeyInfo is not needed: verification with an
- * unusable key must fail cleanly, so the fuzzer covers that path too. */
+/* A real RSA public key (made once) so the walk and the signature checks
+ * run on whatever parsed; an unusable key must fail cleanly too. */
+static uint8_t *fuzz_spki;
+static size_t fuzz_spki_len;
+
+static void fuzz_key_once(void)
+{
+    if (fuzz_spki != NULL) return;
+    EVP_PKEY *k = EVP_RSA_gen(2048);
+    int n = k ? i2d_PUBKEY(k, NULL) : 0;
+    if (n <= 0) abort();
+    fuzz_spki = malloc((size_t)n);
+    unsigned char *p = fuzz_spki;
+    if (fuzz_spki == NULL || i2d_PUBKEY(k, &p) != n) abort();
+    fuzz_spki_len = (size_t)n;
+    EVP_PKEY_free(k);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     kv_audit_export ex;
@@ -50,6 +69,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const uint8_t not_a_key[] = {0x30, 0x03, 0x02, 0x01, 0x00};
     kv_audit_verify_opts o = {.spki = not_a_key, .spki_len = sizeof(not_a_key)};
     if (kv_ok(kv_audit_verify(ex.recs, ex.n_recs, ex.cps, ex.n_cps, &o, &rep))) abort();
+    fuzz_key_once();
+    o.spki = fuzz_spki;
+    o.spki_len = fuzz_spki_len;
+    o.from_genesis = ex.n_recs > 0 && ex.recs[0].seq == 1;
+    if (kv_failed(kv_audit_verify(ex.recs, ex.n_recs, ex.cps, ex.n_cps, &o, &rep))) abort();
+    /* Nobody else's key signed these checkpoints. */
+    if (ex.n_cps > 0 && ex.n_recs > 0 && rep.kind == KV_AUDIT_OK) abort();
+    if (rep.kind != KV_AUDIT_OK && rep.detail[0] == '\0') abort();
     kv_audit_export_free(&again);
     kv_audit_export_free(&ex);
     free(text);
