@@ -39,7 +39,7 @@ typedef Hsmvault__Store__AuditEvent AuditEvent;
 typedef Hsmvault__Store__AuditEntry AuditEntry;
 typedef Hsmvault__Store__AuditCheckpointRecord AuditCheckpointRecord;
 
-#define AUDIT_ANCHOR_LABEL "hsmvault:audit/anchor"
+#define AUDIT_ANCHOR_LABEL VAULT_AUDIT_ANCHOR_LABEL
 #define AUDIT_ID_MAX 64
 
 /* What one RPC call has gathered for its records. */

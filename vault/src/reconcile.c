@@ -198,6 +198,7 @@ static kv_result vault_rpc_list_token_objects_impl(vault *v, const rpc_ctx *ctx,
         }
         if (k == NULL && ik == NULL && vault_audit_names_object(v, o->id, o->id_len))
             it->vault_role = "audit-key"; /* docs/audit.md */
+        if (strcmp(o->label, VAULT_AUDIT_ANCHOR_LABEL) == 0) it->vault_role = "audit-anchor";
         ptrs[i] = it;
     }
     Hsmvault__V1__ListTokenObjectsResponse resp = HSMVAULT__V1__LIST_TOKEN_OBJECTS_RESPONSE__INIT;

@@ -50,6 +50,8 @@ typedef Hsmvault__Store__ImportKeyRecord ImportKeyRecord;
  * reconcile and the token audit match objects by that id, never by label. */
 #define VAULT_AUDIT_HMAC_LABEL "hsmvault:audit/hmac-key"
 #define VAULT_AUDIT_SIGN_LABEL "hsmvault:audit/checkpoint-key"
+/* The latest checkpoint's seq and head, a private data object (no CKA_ID). */
+#define VAULT_AUDIT_ANCHOR_LABEL "hsmvault:audit/anchor"
 #define VAULT_META_AUDIT_HMAC_ID "audit_hmac_key_id"
 #define VAULT_META_AUDIT_SIGN_ID "audit_checkpoint_key_id"
 
