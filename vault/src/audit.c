@@ -646,8 +646,24 @@ kv_result vault_audit_open(vault *v, unsigned checkpoint_every)
     pthread_mutex_init(&a->seal_mu, NULL);
     pthread_cond_init(&a->work, NULL);
     kv_result r = audit_keys_ensure(a);
-    uint8_t head[32];
-    if (kv_ok(r)) r = audit_anchor_read(a, &a->anchored, head);
+    uint8_t anchor_head[32];
+    if (kv_ok(r)) r = audit_anchor_read(a, &a->anchored, anchor_head);
+    if (kv_ok(r) && a->anchored > 0) {
+        /* A log shorter than the token's anchor lost records (or was
+         * rewritten): say so at once; VerifyLog names the first one. */
+        store_txn *t;
+        uint64_t last = 0;
+        uint8_t hash[32];
+        if (kv_ok(store_read_begin(v->store, &t))) {
+            if (kv_failed(vault_audit_head(t, &last, hash))) kv_error_clear();
+            store_read_end(t);
+        }
+        if (last < a->anchored)
+            KV_LOG_ERROR("audit log: the store ends at record %" PRIu64 " but the token's anchor "
+                         "names checkpoint %" PRIu64 ": records were removed; run vaultctl audit "
+                         "verify",
+                         last, a->anchored);
+    }
     if (kv_ok(r) && !a->anchor_seen)
         KV_LOG_ERROR("audit log: the token has no anchor object (%s); it was removed, so online "
                      "verification cannot detect a truncated log until the next checkpoint",
