@@ -658,6 +658,43 @@ static int cmd_audit_token(vc *c, const cli *a)
     return EXIT_OK;
 }
 
+/* Exit 0 when the token and the vault agree, EXIT_FINDINGS when not. */
+static int cmd_audit_reconcile(vc *c, const cli *a)
+{
+    Hsmvault__V1__ReconcileRequest req = HSMVAULT__V1__RECONCILE_REQUEST__INIT;
+    Hsmvault__V1__ReconcileResponse *l = NULL;
+    if (kv_failed(vc_call(c, "/hsmvault.v1.Audit/Reconcile", &req.base,
+                          &hsmvault__v1__reconcile_response__descriptor, (ProtobufCMessage **)&l)))
+        return fail();
+    if (a->json) {
+        print_message(stdout, &l->base, true);
+    } else {
+        if (l->n_findings > 0)
+            printf("%-17s %-20s %-20s %-11s %s\n", "KIND", "VAULT", "TENANT", "CLASS", "KEY");
+        for (size_t i = 0; i < l->n_findings; i++) {
+            const Hsmvault__V1__ReconcileFinding *f = l->findings[i];
+            printf("%-17s %-20s %-20s %-11s %s\n    %s\n", f->kind, f->vault_role,
+                   f->tenant_id[0] ? f->tenant_id : "-", f->object_class[0] ? f->object_class : "-",
+                   f->key_id[0] ? f->key_id : "-", f->detail);
+            if (f->label[0] || f->id_hex[0])
+                printf("    label '%s', id %s%s\n", f->label, f->id_hex[0] ? f->id_hex : "-",
+                       f->removed_at_start ? " (removed at the next vaultd start)" : "");
+        }
+        printf("%s: %zu findings; %u token objects, %u key records, %u import key records.\n",
+               l->clean ? "clean" : "NOT CLEAN", l->n_findings, l->token_objects, l->key_records,
+               l->import_key_records);
+    }
+    int rc = EXIT_OK;
+    if (!l->clean) {
+        fprintf(stderr,
+                "vaultctl: audit reconcile: %zu findings: the token and the vault disagree\n",
+                l->n_findings);
+        rc = EXIT_FINDINGS;
+    }
+    kv_pb_free(&l->base);
+    return rc;
+}
+
 static int cmd_clock_advance(vc *c, const cli *a)
 {
     if (!a->have_seconds) return usage_error("%s is required", "--seconds");
@@ -912,7 +949,11 @@ static const cmd commands[] = {
      "unwrap a database DEK; prints its SHA-256 check value, never the key (storage-node)"},
     {"db", "list", cmd_db_list, "--env E", "list an environment's databases"},
     {"audit", "token", cmd_audit_token, "",
-     "list token objects with security attributes (auditor)"},
+     "list token objects with security attributes and what the vault says each is (auditor, "
+     "operator)"},
+    {"audit", "reconcile", cmd_audit_reconcile, "",
+     "compare the token with the vault, read-only: orphan objects, missing keys, policy "
+     "violations, keys that should be deleted; exit 0 clean, 11 findings (auditor, operator)"},
     {"clock", "advance", cmd_clock_advance, "--seconds N",
      "move the vault clock (vaultd --dev in test builds only; operator)"},
     {"key", "import-key", cmd_key_import_key, "--tenant T --out FILE",
@@ -980,7 +1021,8 @@ static void help(FILE *f)
         "printed.\n\n"
         "Exit codes: 0 ok, 1 other error, 2 usage, 3 invalid argument, 4 not found,\n"
         "5 permission denied or unauthenticated, 6 failed precondition, 7 vault unavailable or\n"
-        "deadline exceeded, 8 already exists, 9 not implemented.\n");
+        "deadline exceeded, 8 already exists, 9 not implemented, 11 audit reconcile found\n"
+        "findings (docs/audit-token.md).\n");
 }
 
 int main(int argc, char **argv)
