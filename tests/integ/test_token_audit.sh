@@ -10,7 +10,10 @@
 #   - reconcile is read-only: the token listing and the key records are the
 #     same before and after; only auditor and operator may call it;
 #   - the next vaultd start removes the hsmvault:* orphan and the locked key's
-#     object, and leaves the foreign object.
+#     object, and leaves the foreign object;
+#   - the audit log's keys (objects + their ids in the meta table, written by
+#     store_meta_put with vaultd stopped) are listed with their roles, are not
+#     orphans, and are checked for policy and presence.
 # pkcs11-tool and softhsm2-util take the user PIN on their command line: it is
 # the throwaway dev token's random PIN of this test only.
 set -u
@@ -147,6 +150,35 @@ grep -q "reconcile: removed token object 'hsmvault:behind-the-back'" "$TMP/vault
 pkcs11-tool --module "$MODULE" --token-label hsmvault-dev --login --pin "$PIN" --list-objects >"$TMP/objs" 2>&1
 grep -q "foreign-app-key" "$TMP/objs" && ok || bad "the foreign object was removed"
 grep -q "behind-the-back" "$TMP/objs" && bad "the hsmvault orphan is still in the token" || ok
+
+# The audit log's keys, as the audit log makes them: objects first, then
+# their CKA_IDs in the store's meta table (vaultd stopped).  Known by id:
+# listed with their roles, no orphans; policy and missing checked.
+HMAC_ID=a0a1a2a3a4a5a6a7a8a9aaabacadaeaf
+SIGN_ID=b0b1b2b3b4b5b6b7b8b9babbbcbdbebf
+kill -TERM "$PID"
+wait "$PID"
+PID=""
+p11 --keygen --key-type GENERIC:32 --id "$HMAC_ID" --label hsmvault:audit/hmac-key --sensitive && ok || bad "pkcs11-tool keygen hmac: $(tail -3 "$TMP/p11.log")"
+p11 --keypairgen --key-type rsa:2048 --id "$SIGN_ID" --label hsmvault:audit/checkpoint-key --usage-sign && ok || bad "pkcs11-tool keypairgen checkpoint"
+"$BUILD/tests/store_meta_put" "$STATE/store" audit_hmac_key_id "$HMAC_ID" && ok || bad "meta hmac"
+"$BUILD/tests/store_meta_put" "$STATE/store" audit_checkpoint_key_id "$SIGN_ID" && ok || bad "meta checkpoint"
+rm -f "$STATE/vaultd.addr"
+vaultd_dev_start
+expect 0 "audit token with audit keys" -- as auditor --json audit token
+[ "$(json "sorted(o['vault_role'] for o in d['objects'] if o['id_hex'] in ('$HMAC_ID','$SIGN_ID'))")" = "['audit-checkpoint-key', 'audit-checkpoint-key', 'audit-hmac-key']" ] && ok || bad "audit key roles: $(cat "$TMP/out")"
+expect 11 "audit keys are not orphans" -- as auditor --json audit reconcile
+finding orphan-object id_hex "$HMAC_ID" | grep -q . && bad "HMAC key reported orphan" || ok
+finding orphan-object id_hex "$SIGN_ID" | grep -q . && bad "checkpoint key reported orphan" || ok
+# The HMAC key is sensitive and not extractable: compliant.  pkcs11-tool
+# gives an RSA private key decrypt and unwrap whatever --usage-sign says, so
+# the checkpoint key breaks its sign-only policy.
+[ "$(json "sorted(set(f['label'] for f in d['findings']))")" = "['foreign-app-key', 'hsmvault:audit/checkpoint-key']" ] && ok || bad "audit key findings: $(cat "$TMP/out")"
+finding policy-violation vault_role audit-checkpoint-key | grep -q "can decrypt" && ok || bad "checkpoint policy detail: $(finding policy-violation vault_role audit-checkpoint-key)"
+p11 --delete-object --type secrkey --id "$HMAC_ID" && ok || bad "delete hmac"
+expect 11 "audit HMAC key deleted" -- as auditor --json audit reconcile
+has_finding missing-key vault_role audit-hmac-key
+finding missing-key vault_role audit-hmac-key | grep -q "\"id_hex\": \"$HMAC_ID\"" && ok || bad "missing hmac id"
 grep -q -- "$PIN" "$TMP/vaultd.log" && bad "vaultd logged the PIN" || ok
 
 echo "token audit: $PASS passed, $FAIL failed"
