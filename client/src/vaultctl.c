@@ -633,9 +633,9 @@ static int cmd_audit_token(vc *c, const cli *a)
                           &hsmvault__v1__list_token_objects_response__descriptor,
                           (ProtobufCMessage **)&l)))
         return fail();
-    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-12s %-10s %s\n", "CLASS", "TYPE",
-           "BITS", "SENS", "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT", "STATE",
-           "LABEL");
+    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-12s %-10s %-20s %-20s %s\n", "CLASS",
+           "TYPE", "BITS", "SENS", "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT",
+           "STATE", "TENANT", "KEY", "LABEL");
     for (size_t i = 0; i < l->n_objects; i++) {
         const Hsmvault__V1__TokenObject *o = l->objects[i];
         char ops[64];
@@ -644,10 +644,12 @@ static int cmd_audit_token(vc *c, const cli *a)
                  o->can_wrap ? "wrap," : "", o->can_sign ? "sign," : "");
         size_t n = strlen(ops);
         if (n > 0) ops[n - 1] = '\0';
-        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-12s %-10s %s\n", o->object_class,
-               o->key_type, o->bits, yn(o->sensitive), yn(o->extractable), yn(o->never_extractable),
-               yn(o->always_sensitive), yn(o->private_), ops[0] ? ops : "-", o->vault_role,
-               o->vault_state[0] ? o->vault_state : "-", o->label);
+        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-12s %-10s %-20s %-20s %s\n",
+               o->object_class, o->key_type, o->bits, yn(o->sensitive), yn(o->extractable),
+               yn(o->never_extractable), yn(o->always_sensitive), yn(o->private_),
+               ops[0] ? ops : "-", o->vault_role, o->vault_state[0] ? o->vault_state : "-",
+               o->vault_tenant_id[0] ? o->vault_tenant_id : "-",
+               o->vault_key_id[0] ? o->vault_key_id : "-", o->label);
     }
     printf("%zu objects.  SENS sensitive, EXTR extractable, NEVER never extractable, ALWAYS always "
            "sensitive\n"
@@ -676,9 +678,11 @@ static int cmd_audit_reconcile(vc *c, const cli *a)
             printf("%-17s %-20s %-20s %-11s %s\n    %s\n", f->kind, f->vault_role,
                    f->tenant_id[0] ? f->tenant_id : "-", f->object_class[0] ? f->object_class : "-",
                    f->key_id[0] ? f->key_id : "-", f->detail);
-            if (f->label[0] || f->id_hex[0])
-                printf("    label '%s', id %s%s\n", f->label, f->id_hex[0] ? f->id_hex : "-",
+            if (f->label[0] != '\0')
+                printf("    label '%s', id %s%s\n", f->label, f->id_hex,
                        f->removed_at_start ? " (removed at the next vaultd start)" : "");
+            else if (f->id_hex[0] != '\0')
+                printf("    id %s\n", f->id_hex);
         }
         printf("%s: %zu findings; %u token objects, %u key records, %u import key records.\n",
                l->clean ? "clean" : "NOT CLEAN", l->n_findings, l->token_objects, l->key_records,

@@ -82,7 +82,7 @@ expect 0 "audit token --json" -- as auditor --json audit token
 [ "$(json "[o.get('vault_role') for o in d['objects'] if o.get('vault_key_id')=='$KEY2'][0]")" = tenant-key ] && ok || bad "audit token: k2 role"
 [ "$(json "len([o for o in d['objects'] if o.get('vault_role')=='service-key'])")" = 2 ] && ok || bad "audit token: service key pair"
 expect 0 "audit token (table)" -- as auditor audit token
-grep -q "tenant-key .*active" "$TMP/out" && grep -q "service-key" "$TMP/out" && ok || bad "audit token table: $(cat "$TMP/out")"
+grep -q "tenant-key *active *$TENANT *$KEY1 " "$TMP/out" && grep -q "service-key" "$TMP/out" && ok || bad "audit token table: $(cat "$TMP/out")"
 expect 5 "tenant-admin may not reconcile" -- as tenant-admin audit reconcile
 says PERMISSION_DENIED
 expect 5 "storage node may not reconcile" -- as storage-node audit reconcile
