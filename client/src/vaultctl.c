@@ -633,7 +633,7 @@ static int cmd_audit_token(vc *c, const cli *a)
                           &hsmvault__v1__list_token_objects_response__descriptor,
                           (ProtobufCMessage **)&l)))
         return fail();
-    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-12s %-10s %-20s %-20s %s\n", "CLASS",
+    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-20s %-10s %-20s %-20s %s\n", "CLASS",
            "TYPE", "BITS", "SENS", "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT",
            "STATE", "TENANT", "KEY", "LABEL");
     for (size_t i = 0; i < l->n_objects; i++) {
@@ -644,7 +644,7 @@ static int cmd_audit_token(vc *c, const cli *a)
                  o->can_wrap ? "wrap," : "", o->can_sign ? "sign," : "");
         size_t n = strlen(ops);
         if (n > 0) ops[n - 1] = '\0';
-        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-12s %-10s %-20s %-20s %s\n",
+        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-20s %-10s %-20s %-20s %s\n",
                o->object_class, o->key_type, o->bits, yn(o->sensitive), yn(o->extractable),
                yn(o->never_extractable), yn(o->always_sensitive), yn(o->private_),
                ops[0] ? ops : "-", o->vault_role, o->vault_state[0] ? o->vault_state : "-",
