@@ -75,9 +75,11 @@ typedef struct {
 KV_RESULT vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds);
 void vault_fini(vault *v);
 
-/* Start-up reconciliation of token and store: orphan objects (labelled
- * hsmvault:*, named by no record) are destroyed; keys the store names but the
- * token lacks are logged and counted. */
+/* Start-up reconciliation of token and store (reconcile.c, the same findings
+ * as the read-only Audit/Reconcile): hsmvault:* objects no record wants
+ * (orphans, objects of locked/deleted keys and retired import keys) are
+ * destroyed; keys the store names but the token lacks are logged and counted;
+ * other findings (foreign objects, policy violations) are logged. */
 KV_RESULT vault_reconcile(vault *v);
 /* Tenant-admin key management: role + scope check, self-managed keys on;
  * loads the tenant (free with kv_pb_free). */
