@@ -24,6 +24,7 @@ enum {
     EXIT_EXISTS = 8,
     EXIT_UNIMPLEMENTED = 9,
     EXIT_DATA_LOSS = 10, /* tools that cli_init with data_loss_exit only */
+    EXIT_FINDINGS = 11,  /* vaultctl audit reconcile: the token and the vault disagree */
 };
 
 /* The tool's name for messages; data_loss_exit: DATA_LOSS exits 10, else 1. */

@@ -668,9 +668,9 @@ static int cmd_audit_token(vc *c, const cli *a)
                           &hsmvault__v1__list_token_objects_response__descriptor,
                           (ProtobufCMessage **)&l)))
         return fail();
-    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-12s %-10s %s\n", "CLASS", "TYPE",
-           "BITS", "SENS", "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT", "STATE",
-           "LABEL");
+    printf("%-12s %-4s %-5s %-4s %-4s %-5s %-5s %-4s %-16s %-20s %-10s %-20s %-20s %s\n", "CLASS",
+           "TYPE", "BITS", "SENS", "EXTR", "NEVER", "ALWAYS", "PRIV", "OPERATIONS", "VAULT",
+           "STATE", "TENANT", "KEY", "LABEL");
     for (size_t i = 0; i < l->n_objects; i++) {
         const Hsmvault__V1__TokenObject *o = l->objects[i];
         char ops[64];
@@ -679,10 +679,12 @@ static int cmd_audit_token(vc *c, const cli *a)
                  o->can_wrap ? "wrap," : "", o->can_sign ? "sign," : "");
         size_t n = strlen(ops);
         if (n > 0) ops[n - 1] = '\0';
-        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-12s %-10s %s\n", o->object_class,
-               o->key_type, o->bits, yn(o->sensitive), yn(o->extractable), yn(o->never_extractable),
-               yn(o->always_sensitive), yn(o->private_), ops[0] ? ops : "-", o->vault_role,
-               o->vault_state[0] ? o->vault_state : "-", o->label);
+        printf("%-12s %-4s %-5u %-4s %-4s %-5s %-6s %-4s %-16s %-20s %-10s %-20s %-20s %s\n",
+               o->object_class, o->key_type, o->bits, yn(o->sensitive), yn(o->extractable),
+               yn(o->never_extractable), yn(o->always_sensitive), yn(o->private_),
+               ops[0] ? ops : "-", o->vault_role, o->vault_state[0] ? o->vault_state : "-",
+               o->vault_tenant_id[0] ? o->vault_tenant_id : "-",
+               o->vault_key_id[0] ? o->vault_key_id : "-", o->label);
     }
     printf("%zu objects.  SENS sensitive, EXTR extractable, NEVER never extractable, ALWAYS always "
            "sensitive\n"
@@ -691,6 +693,45 @@ static int cmd_audit_token(vc *c, const cli *a)
            l->n_objects);
     kv_pb_free(&l->base);
     return EXIT_OK;
+}
+
+/* Exit 0 when the token and the vault agree, EXIT_FINDINGS when not. */
+static int cmd_audit_reconcile(vc *c, const cli *a)
+{
+    Hsmvault__V1__ReconcileRequest req = HSMVAULT__V1__RECONCILE_REQUEST__INIT;
+    Hsmvault__V1__ReconcileResponse *l = NULL;
+    if (kv_failed(vc_call(c, "/hsmvault.v1.Audit/Reconcile", &req.base,
+                          &hsmvault__v1__reconcile_response__descriptor, (ProtobufCMessage **)&l)))
+        return fail();
+    if (a->json) {
+        print_message(stdout, &l->base, true);
+    } else {
+        if (l->n_findings > 0)
+            printf("%-17s %-20s %-20s %-11s %s\n", "KIND", "VAULT", "TENANT", "CLASS", "KEY");
+        for (size_t i = 0; i < l->n_findings; i++) {
+            const Hsmvault__V1__ReconcileFinding *f = l->findings[i];
+            printf("%-17s %-20s %-20s %-11s %s\n    %s\n", f->kind, f->vault_role,
+                   f->tenant_id[0] ? f->tenant_id : "-", f->object_class[0] ? f->object_class : "-",
+                   f->key_id[0] ? f->key_id : "-", f->detail);
+            if (f->label[0] != '\0')
+                printf("    label '%s', id %s%s\n", f->label, f->id_hex,
+                       f->removed_at_start ? " (removed at the next vaultd start)" : "");
+            else if (f->id_hex[0] != '\0')
+                printf("    id %s\n", f->id_hex);
+        }
+        printf("%s: %zu findings; %u token objects, %u key records, %u import key records.\n",
+               l->clean ? "clean" : "NOT CLEAN", l->n_findings, l->token_objects, l->key_records,
+               l->import_key_records);
+    }
+    int rc = EXIT_OK;
+    if (!l->clean) {
+        fprintf(stderr,
+                "vaultctl: audit reconcile: %zu findings: the token and the vault disagree\n",
+                l->n_findings);
+        rc = EXIT_FINDINGS;
+    }
+    kv_pb_free(&l->base);
+    return rc;
 }
 
 static int cmd_clock_advance(vc *c, const cli *a)
@@ -947,7 +988,11 @@ static const cmd commands[] = {
      "unwrap a database DEK; prints its SHA-256 check value, never the key (storage-node)"},
     {"db", "list", cmd_db_list, "--env E", "list an environment's databases"},
     {"audit", "token", cmd_audit_token, "",
-     "list token objects with security attributes (auditor)"},
+     "list token objects with security attributes and what the vault says each is (auditor, "
+     "operator)"},
+    {"audit", "reconcile", cmd_audit_reconcile, "",
+     "compare the token with the vault, read-only: orphan objects, missing keys, policy "
+     "violations, keys that should be deleted; exit 0 clean, 11 findings (auditor, operator)"},
     {"audit", "log", cmd_audit_log,
      "[--tenant ID] [--principal P] [--operation OP] [--since T] [--until T]",
      "read the audit log (auditor, operator; T: epoch seconds or UTC ISO time)"},
@@ -1024,7 +1069,8 @@ static void help(FILE *f)
         "printed.\n\n"
         "Exit codes: 0 ok, 1 other error, 2 usage, 3 invalid argument, 4 not found,\n"
         "5 permission denied or unauthenticated, 6 failed precondition, 7 vault unavailable or\n"
-        "deadline exceeded, 8 already exists, 9 not implemented.\n");
+        "deadline exceeded, 8 already exists, 9 not implemented, 11 audit reconcile found\n"
+        "findings (docs/audit-token.md).\n");
 }
 
 int main(int argc, char **argv)

@@ -30,6 +30,7 @@ static const ProtobufCMessageDescriptor *const requests[] = {
     &hsmvault__v1__create_database_key_request__descriptor,
     &hsmvault__v1__unwrap_database_key_request__descriptor,
     &hsmvault__v1__list_token_objects_request__descriptor,
+    &hsmvault__v1__reconcile_request__descriptor,
     &hsmvault__v1__advance_clock_request__descriptor,
 };
 

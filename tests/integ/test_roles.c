@@ -288,6 +288,7 @@ static const method_desc requests[] = {
     {"/hsmvault.v1.KeyAccess/RenewLease", &hsmvault__v1__unwrap_database_key_request__descriptor},
     {"/hsmvault.v1.KeyAccess/ListDatabases", &hsmvault__v1__list_databases_request__descriptor},
     {"/hsmvault.v1.Audit/ListTokenObjects", &hsmvault__v1__list_token_objects_request__descriptor},
+    {"/hsmvault.v1.Audit/Reconcile", &hsmvault__v1__reconcile_request__descriptor},
     {"/hsmvault.v1.Testing/AdvanceClock", &hsmvault__v1__advance_clock_request__descriptor},
     {"/hsmvault.v1.TenantKeys/GetImportKey", &hsmvault__v1__get_import_key_request__descriptor},
     {"/hsmvault.v1.Tenants/RotateImportKey", &hsmvault__v1__rotate_import_key_request__descriptor},

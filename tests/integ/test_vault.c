@@ -835,7 +835,7 @@ static void test_token_attributes_api(void)
     for (size_t i = 0; l && i < l->n_objects; i++) {
         Hsmvault__V1__TokenObject *o = l->objects[i];
         if (strcmp(o->object_class, "private-key") != 0) continue;
-        if (strcmp(o->vault_role, "audit-key") == 0) { /* the audit log's checkpoint key */
+        if (strcmp(o->vault_role, "audit-checkpoint-key") == 0) { /* the audit log's */
             CHECK(o->sensitive && !o->extractable && o->can_sign && !o->can_decrypt);
             continue;
         }

@@ -737,21 +737,3 @@ kv_result vault_audit_hmac_check(void *arg, const kv_audit_record *r, bool *ok)
     *ok = CRYPTO_memcmp(mac, r->hmac, 32) == 0;
     return KV_SUCCESS;
 }
-
-bool vault_audit_names_object(vault *v, const uint8_t *id, size_t id_len)
-{
-    if (id_len != HSM_KEY_ID_LEN) return false;
-    char hex[2 * HSM_KEY_ID_LEN + 1], meta[2 * HSM_KEY_ID_LEN + 1];
-    kv_hex_encode(id, id_len, hex);
-    static const char *const keys[] = {VAULT_META_AUDIT_HMAC_ID, VAULT_META_AUDIT_SIGN_ID};
-    store_txn *t;
-    bool named = false;
-    /* When the store cannot be read, keep the object (never destroy what
-     * might be named). */
-    if (kv_failed(store_read_begin(v->store, &t))) return true;
-    for (size_t i = 0; i < KV_ARRAY_LEN(keys) && !named; i++)
-        named = kv_ok(store_meta_get(t, keys[i], meta, sizeof(meta))) && strcmp(meta, hex) == 0;
-    store_read_end(t);
-    kv_error_clear();
-    return named;
-}

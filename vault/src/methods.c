@@ -41,6 +41,7 @@ H(vault_rpc_unwrap_database_key);
 H(vault_rpc_renew_lease);
 H(vault_rpc_list_databases);
 H(vault_rpc_list_token_objects);
+H(vault_rpc_reconcile);
 H(vault_rpc_get_import_key);
 H(vault_rpc_rotate_import_key);
 H(vault_rpc_list_import_keys);
@@ -116,6 +117,7 @@ static const rpc_method vault_method_table[] = {
     {"/hsmvault.v1.KeyAccess/RenewLease", vault_rpc_renew_lease},
     {"/hsmvault.v1.KeyAccess/ListDatabases", vault_rpc_list_databases},
     {"/hsmvault.v1.Audit/ListTokenObjects", vault_rpc_list_token_objects},
+    {"/hsmvault.v1.Audit/Reconcile", vault_rpc_reconcile},
     {"/hsmvault.v1.TenantKeys/GetImportKey", vault_rpc_get_import_key},
     {"/hsmvault.v1.Tenants/RotateImportKey", vault_rpc_rotate_import_key},
     {"/hsmvault.v1.Tenants/ListImportKeys", vault_rpc_list_import_keys},

@@ -81,9 +81,11 @@ typedef struct {
 KV_RESULT vault_init(vault *v, hsm *h, vault_store *s, unsigned lease_seconds);
 void vault_fini(vault *v);
 
-/* Start-up reconciliation of token and store: orphan objects (labelled
- * hsmvault:*, named by no record) are destroyed; keys the store names but the
- * token lacks are logged and counted. */
+/* Start-up reconciliation of token and store (reconcile.c, the same findings
+ * as the read-only Audit/Reconcile): hsmvault:* objects no record wants
+ * (orphans, objects of locked/deleted keys and retired import keys) are
+ * destroyed; keys the store names but the token lacks are logged and counted;
+ * other findings (foreign objects, policy violations) are logged. */
 KV_RESULT vault_reconcile(vault *v);
 /* Tenant-admin key management: role + scope check, self-managed keys on;
  * loads the tenant (free with kv_pb_free). */
@@ -176,8 +178,6 @@ void vault_audit_note_role(unsigned role);
 /* Names the internal work of this thread for records of changes outside an
  * RPC ("sweep", "startup"); NULL: "background". */
 void vault_audit_task(const char *task);
-/* Whether the meta table names this CKA_ID as an audit key (reconcile keeps it). */
-bool vault_audit_names_object(vault *v, const uint8_t *id, size_t id_len);
 KV_RESULT vault_audit_seal(vault *v);
 /* The audit tables' key of seq (20 decimal digits). */
 void vault_audit_seq_key(uint64_t seq, char out[24]);
