@@ -2,8 +2,8 @@ add_library(client STATIC src/vaultclient.c)
 target_include_directories(client PUBLIC include PRIVATE src)
 target_link_libraries(client PUBLIC common proto client_rpc)
 
-add_executable(vaultctl src/vaultctl.c)
-target_link_libraries(vaultctl PRIVATE client client_cli byok_wrap PkgConfig::OPENSSL)
+add_executable(vaultctl src/vaultctl.c src/audit_cli.c)
+target_link_libraries(vaultctl PRIVATE client client_cli byok_wrap kv_audit PkgConfig::OPENSSL)
 
 # BYOK in software for the admin (import key file, key files, .byok ciphertext).
 # byok_file: the .byok file from a key file or from the admin's own token

@@ -274,6 +274,16 @@ echo "== 8. The auditor lists the token: every private key sensitive, not extrac
 as auditor audit token
 
 echo
+echo "== 8b. The auditor reads the audit log (every call, allowed or refused) and verifies it"
+as auditor audit log --operation UnwrapDatabaseKey | tail -n 4
+rm -f "$WORK/audit-checkpoint.pem" "$WORK/audit-export.txt"
+as auditor audit key --out "$WORK/audit-checkpoint.pem" >/dev/null
+as auditor audit export --out "$WORK/audit-export.txt"
+as auditor audit verify
+echo "   offline, with only the export and the checkpoint public key:"
+"$VAULTCTL" audit verify --file "$WORK/audit-export.txt" --public-key "$WORK/audit-checkpoint.pem"
+
+echo
 echo "== 9. Restart vaultd on the same state; the storage node unwraps the same key"
 stop_vaultd
 start_vaultd

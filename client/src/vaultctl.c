@@ -28,6 +28,7 @@
 #include "kv_file.h"
 #include "kv_pb.h"
 #include "kv_secret.h"
+#include "audit_cli.h"
 #include "cli.h"
 #include "print.h"
 #include "vaultclient.h"
@@ -47,6 +48,8 @@ typedef struct {
     const char *byok, *import_key, *pkcs11_module, *token, *key_label, *pin_file, *kid, *oaep_hash;
     unsigned bits;
     bool pin_stdin;
+    /* audit log (audit_cli.c) */
+    const char *operation, *since, *until, *to, *file, *public_key;
 } cli;
 
 typedef int (*cmd_fn)(vc *c, const cli *a);
@@ -621,6 +624,38 @@ static const char *yn(protobuf_c_boolean b)
     return b ? "yes" : "no";
 }
 
+static int cmd_audit_log_run(vc *c, const cli *a, int (*fn)(vc *, const audit_cli_args *))
+{
+    audit_cli_args x = {.tenant = a->tenant,
+                        .principal = a->principal,
+                        .operation = a->operation,
+                        .since = a->since,
+                        .until = a->until,
+                        .from = a->from,
+                        .to = a->to,
+                        .out = a->out,
+                        .file = a->file,
+                        .public_key = a->public_key,
+                        .json = a->json};
+    return fn(c, &x);
+}
+static int cmd_audit_log(vc *c, const cli *a)
+{
+    return cmd_audit_log_run(c, a, audit_cli_log);
+}
+static int cmd_audit_export(vc *c, const cli *a)
+{
+    return cmd_audit_log_run(c, a, audit_cli_export);
+}
+static int cmd_audit_verify(vc *c, const cli *a)
+{
+    return cmd_audit_log_run(c, a, audit_cli_verify);
+}
+static int cmd_audit_key(vc *c, const cli *a)
+{
+    return cmd_audit_log_run(c, a, audit_cli_key);
+}
+
 static int cmd_audit_token(vc *c, const cli *a)
 {
     Hsmvault__V1__ListTokenObjectsRequest req = HSMVAULT__V1__LIST_TOKEN_OBJECTS_REQUEST__INIT;
@@ -958,6 +993,15 @@ static const cmd commands[] = {
     {"audit", "reconcile", cmd_audit_reconcile, "",
      "compare the token with the vault, read-only: orphan objects, missing keys, policy "
      "violations, keys that should be deleted; exit 0 clean, 11 findings (auditor, operator)"},
+    {"audit", "log", cmd_audit_log,
+     "[--tenant ID] [--principal P] [--operation OP] [--since T] [--until T]",
+     "read the audit log (auditor, operator; T: epoch seconds or UTC ISO time)"},
+    {"audit", "export", cmd_audit_export, "--out FILE [--from SEQ] [--to SEQ]",
+     "export records with their signed checkpoints for archiving (auditor, operator)"},
+    {"audit", "verify", cmd_audit_verify, "[--file EXPORT --public-key PEM]",
+     "verify the audit log online, or an export offline (auditor, operator)"},
+    {"audit", "key", cmd_audit_key, "[--out FILE]",
+     "the audit checkpoint public key as PEM (auditor, operator)"},
     {"clock", "advance", cmd_clock_advance, "--seconds N",
      "move the vault clock (vaultd --dev in test builds only; operator)"},
     {"key", "import-key", cmd_key_import_key, "--tenant T --out FILE",
@@ -1062,6 +1106,12 @@ int main(int argc, char **argv)
         O_KID,
         O_OAEP_HASH,
         O_BITS,
+        O_OPERATION,
+        O_SINCE,
+        O_UNTIL,
+        O_TO,
+        O_FILE,
+        O_PUBLIC_KEY,
     };
     static const struct option opts[] = {
         {"config", required_argument, NULL, O_CONFIG},
@@ -1094,6 +1144,12 @@ int main(int argc, char **argv)
         {"kid", required_argument, NULL, O_KID},
         {"oaep-hash", required_argument, NULL, O_OAEP_HASH},
         {"bits", required_argument, NULL, O_BITS},
+        {"operation", required_argument, NULL, O_OPERATION},
+        {"since", required_argument, NULL, O_SINCE},
+        {"until", required_argument, NULL, O_UNTIL},
+        {"to", required_argument, NULL, O_TO},
+        {"file", required_argument, NULL, O_FILE},
+        {"public-key", required_argument, NULL, O_PUBLIC_KEY},
         {NULL, 0, NULL, 0},
     };
     cli_init("vaultctl", false);
@@ -1213,6 +1269,24 @@ int main(int argc, char **argv)
                 return usage_error("--bits is 2048, 3072 or 4096, not '%s'", optarg);
             a.bits = (unsigned)atoi(optarg);
             break;
+        case O_OPERATION:
+            a.operation = optarg;
+            break;
+        case O_SINCE:
+            a.since = optarg;
+            break;
+        case O_UNTIL:
+            a.until = optarg;
+            break;
+        case O_TO:
+            a.to = optarg;
+            break;
+        case O_FILE:
+            a.file = optarg;
+            break;
+        case O_PUBLIC_KEY:
+            a.public_key = optarg;
+            break;
         default:
             return usage_error("unknown or incomplete option '%s'", argv[optind - 1]);
         }
@@ -1238,6 +1312,9 @@ int main(int argc, char **argv)
         return usage_error("give only one of --password-file and %s", "--password-stdin");
     /* byok commands work on local files and the admin's own token: no vault */
     if (strcmp(found->group, "byok") == 0) return found->fn(NULL, &a);
+    /* audit verify --file: offline, the export and the public key only */
+    if (found->fn == cmd_audit_verify && (a.file != NULL || a.public_key != NULL))
+        return found->fn(NULL, &a);
     if (config == NULL)
         return usage_error("no profile: give %s or set VAULTCTL_CONFIG", "--config PROFILE");
     vc_profile p;

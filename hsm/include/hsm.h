@@ -147,6 +147,36 @@ KV_RESULT hsm_byok_wrap(hsm *h, const char *key_label, const uint8_t *import_spk
                         size_t import_spki_len, hsm_oaep_hash hash, uint8_t **ct, size_t *ct_len,
                         unsigned *key_bits);
 
+/* ---- audit log keys (audit_keys.c) ---- */
+#define HSM_HMAC_BYTES 32
+#define HSM_DATA_MAX 1024
+/* Generates a 256-bit generic secret key for CKM_SHA256_HMAC: sensitive,
+ * never extractable, sign/verify only. */
+KV_RESULT hsm_hmac_generate(hsm *h, const char *label, hsm_key_id *id);
+/* n HMAC-SHA256 of items of item_len bytes (in: n * item_len bytes) into
+ * macs (n * HSM_HMAC_BYTES), on one token session. */
+KV_RESULT hsm_hmac_sha256_many(hsm *h, const hsm_key_id *id, const uint8_t *in, size_t n,
+                               size_t item_len, uint8_t *macs);
+/* HMAC-SHA256 of data under the token key id. */
+KV_RESULT hsm_hmac_sha256(hsm *h, const hsm_key_id *id, const uint8_t *data, size_t len,
+                          uint8_t mac[HSM_HMAC_BYTES]);
+/* Generates an RSA key pair whose private key can only sign (never
+ * extractable); returns the public key as SPKI DER (malloc'd). */
+KV_RESULT hsm_sign_key_generate(hsm *h, const char *label, unsigned bits, hsm_key_id *id,
+                                uint8_t **spki_der, size_t *spki_len);
+/* RSASSA-PKCS1-v1_5 with SHA-256 (CKM_SHA256_RSA_PKCS) by the private key id;
+ * *sig is malloc'd. */
+KV_RESULT hsm_rsa_sign_sha256(hsm *h, const hsm_key_id *id, const uint8_t *data, size_t len,
+                              uint8_t **sig, size_t *sig_len);
+/* SPKI DER of the RSA public key object with this id (malloc'd). */
+KV_RESULT hsm_public_key_spki(hsm *h, const hsm_key_id *id, uint8_t **spki_der, size_t *spki_len);
+/* Replaces the private token data object labelled label (CKO_DATA, no
+ * CKA_ID): the new object is created before the old ones are destroyed.
+ * Reading returns the value that sorts highest (bytewise) when a crash left
+ * several; NOT_FOUND if there is none. */
+KV_RESULT hsm_data_put(hsm *h, const char *label, const uint8_t *value, size_t len);
+KV_RESULT hsm_data_get(hsm *h, const char *label, uint8_t *value, size_t cap, size_t *len);
+
 /* Hex of an id (2*HSM_KEY_ID_LEN+1 bytes). */
 void hsm_key_id_hex(const hsm_key_id *id, char *out);
 

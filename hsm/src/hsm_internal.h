@@ -107,6 +107,7 @@ typedef enum {
     HSM_RSA_USE_KEK,      /* tenant/service key: decrypt and unwrap, never extractable */
     HSM_RSA_USE_IMPORT,   /* BYOK import key: unwrap only, never extractable */
     HSM_RSA_USE_TRANSFER, /* a key in an admin's own token: extractable, to be wrapped */
+    HSM_RSA_USE_SIGN,     /* audit checkpoint key: sign only, never extractable */
 } hsm_rsa_usage;
 KV_RESULT hsm_rsa_generate_usage(hsm *h, const char *label, unsigned bits, hsm_rsa_usage usage,
                                  hsm_key_id *id, uint8_t **spki_der, size_t *spki_len);

@@ -127,7 +127,9 @@ kv_result hsm_rsa_generate_usage(hsm *h, const char *label, unsigned bits, hsm_r
 
     kv_result r = KV_SUCCESS;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_BBOOL decrypt = usage == HSM_RSA_USE_IMPORT ? CK_FALSE : CK_TRUE;
+    CK_BBOOL sign = usage == HSM_RSA_USE_SIGN ? CK_TRUE : CK_FALSE;
+    CK_BBOOL decrypt = usage == HSM_RSA_USE_IMPORT || sign ? CK_FALSE : CK_TRUE;
+    CK_BBOOL unwrap = sign ? CK_FALSE : CK_TRUE;
     CK_BBOOL extractable = usage == HSM_RSA_USE_TRANSFER ? CK_TRUE : CK_FALSE;
     hsm_key_id new_id;
     KV_GUARD(hsm_key_id_new(h, &new_id));
@@ -141,8 +143,8 @@ kv_result hsm_rsa_generate_usage(hsm *h, const char *label, unsigned bits, hsm_r
         {CKA_TOKEN, HSM_TRUE, 1},
         {CKA_PRIVATE, HSM_TRUE, 1},
         {CKA_ENCRYPT, &decrypt, 1},
-        {CKA_WRAP, HSM_TRUE, 1},
-        {CKA_VERIFY, HSM_FALSE, 1},
+        {CKA_WRAP, &unwrap, 1},
+        {CKA_VERIFY, &sign, 1},
         {CKA_VERIFY_RECOVER, HSM_FALSE, 1},
         {CKA_MODULUS_BITS, &modulus_bits, sizeof(modulus_bits)},
         {CKA_PUBLIC_EXPONENT, exponent, sizeof(exponent)},
@@ -152,8 +154,8 @@ kv_result hsm_rsa_generate_usage(hsm *h, const char *label, unsigned bits, hsm_r
     CK_ATTRIBUTE priv_t[] = {
         {CKA_TOKEN, HSM_TRUE, 1},          {CKA_PRIVATE, HSM_TRUE, 1},
         {CKA_SENSITIVE, HSM_TRUE, 1},      {CKA_EXTRACTABLE, &extractable, 1},
-        {CKA_DECRYPT, &decrypt, 1},        {CKA_UNWRAP, HSM_TRUE, 1},
-        {CKA_SIGN, HSM_FALSE, 1},          {CKA_SIGN_RECOVER, HSM_FALSE, 1},
+        {CKA_DECRYPT, &decrypt, 1},        {CKA_UNWRAP, &unwrap, 1},
+        {CKA_SIGN, &sign, 1},              {CKA_SIGN_RECOVER, HSM_FALSE, 1},
         {CKA_DERIVE, HSM_FALSE, 1},        {CKA_ID, new_id.bytes, sizeof(new_id.bytes)},
         {CKA_LABEL, label_buf, label_len},
     };

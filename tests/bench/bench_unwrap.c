@@ -4,7 +4,7 @@
  *
  *   build/tests/bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]
  *                            [--sessions N] [--workers N] [--channels K]
- *                            [--queue-threads T] [--unwrap-workers U]
+ *                            [--queue-threads T] [--unwrap-workers U] [--no-audit-log]
  *
  * Starts a real vaultd --dev (default 4 workers, 4 token sessions) in a
  * temporary directory, creates D databases as the storage node, then:
@@ -19,6 +19,8 @@
  * per operation, the ratio of the mean rates, the median of the per-round
  * ratios, and the CPU ratio (raw CPU per decrypt over vaultd's + callers' CPU
  * per unwrap), then one RESULT line for machines.
+ * --no-audit-log runs vaultd without its audit log (vaultd --dev --no-audit-log),
+ * to compare against the default (audit log on); the RESULT line says which.
  * Not a test: nothing asserts on time.
  */
 #include <getopt.h>
@@ -95,7 +97,7 @@ static int bench_cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     int callers = 8, rounds = 10, sessions = 4, workers = 0, channels = 0, queue_threads = 0,
-        unwrap_workers = 0;
+        unwrap_workers = 0, no_audit = 0;
     double seconds = 2;
     static const struct option opts[] = {{"callers", required_argument, NULL, 'c'},
                                          {"seconds", required_argument, NULL, 's'},
@@ -106,6 +108,7 @@ int main(int argc, char **argv)
                                          {"channels", required_argument, NULL, 'C'},
                                          {"queue-threads", required_argument, NULL, 'Q'},
                                          {"unwrap-workers", required_argument, NULL, 'U'},
+                                         {"no-audit-log", no_argument, NULL, 'A'},
                                          {NULL, 0, NULL, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -137,11 +140,14 @@ int main(int argc, char **argv)
         case 'U':
             unwrap_workers = atoi(optarg);
             break;
+        case 'A':
+            no_audit = 1;
+            break;
         default:
             fprintf(stderr,
                     "usage: bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]\n"
                     "                    [--sessions N] [--workers N] [--channels K] "
-                    "[--queue-threads T]\n");
+                    "[--queue-threads T] [--unwrap-workers U] [--no-audit-log]\n");
             return 2;
         }
     }
@@ -163,8 +169,14 @@ int main(int argc, char **argv)
     snprintf(w_arg, sizeof(w_arg), "%d", workers);
     snprintf(s_arg, sizeof(s_arg), "%d", sessions);
     snprintf(u_arg, sizeof(u_arg), "%d", unwrap_workers > 0 ? unwrap_workers : workers);
-    const char *extra[] = {"--workers",        w_arg, "--sessions", s_arg,
-                           "--unwrap-workers", u_arg, NULL};
+    const char *extra[] = {"--workers",
+                           w_arg,
+                           "--sessions",
+                           s_arg,
+                           "--unwrap-workers",
+                           u_arg,
+                           no_audit ? "--no-audit-log" : NULL,
+                           NULL};
     if (!vaultd_proc_start_args(&vd, state, extra)) return 1;
     vc *op = vaultd_proc_client(&vd, "operator");
     vc *sn = vaultd_proc_client(&vd, "storage-node");
@@ -267,8 +279,10 @@ int main(int argc, char **argv)
         raw_sum / rounds, vault_sum / rounds, vault_sum / raw_sum);
     printf("  rounds:   median ratio %.2f, lowest %.2f, highest %.2f; CPU ratio %.2f\n", median,
            ratios[0], ratios[rounds - 1], cpu_ratio);
-    printf("RESULT bench_unwrap raw=%.0f vault=%.0f ratio=%.3f median=%.3f cpu_ratio=%.3f\n",
-           raw_sum / rounds, vault_sum / rounds, vault_sum / raw_sum, median, cpu_ratio);
+    printf("RESULT bench_unwrap raw=%.0f vault=%.0f ratio=%.3f median=%.3f cpu_ratio=%.3f "
+           "audit_log=%s\n",
+           raw_sum / rounds, vault_sum / rounds, vault_sum / raw_sum, median, cpu_ratio,
+           no_audit ? "off" : "on");
 
     for (int i = 0; i < callers; i++)
         vc_close(args[i]);

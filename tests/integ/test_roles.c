@@ -293,6 +293,11 @@ static const method_desc requests[] = {
     {"/hsmvault.v1.TenantKeys/GetImportKey", &hsmvault__v1__get_import_key_request__descriptor},
     {"/hsmvault.v1.Tenants/RotateImportKey", &hsmvault__v1__rotate_import_key_request__descriptor},
     {"/hsmvault.v1.Tenants/ListImportKeys", &hsmvault__v1__list_import_keys_request__descriptor},
+    {"/hsmvault.v1.AuditLog/ReadLog", &hsmvault__v1__read_log_request__descriptor},
+    {"/hsmvault.v1.AuditLog/ExportLog", &hsmvault__v1__export_log_request__descriptor},
+    {"/hsmvault.v1.AuditLog/VerifyLog", &hsmvault__v1__verify_log_request__descriptor},
+    {"/hsmvault.v1.AuditLog/GetCheckpointKey",
+     &hsmvault__v1__get_checkpoint_key_request__descriptor},
 };
 
 static const ProtobufCMessageDescriptor *request_of(const char *method)

@@ -811,6 +811,11 @@ static void check_token_policy(const hsm_object_info *objs, size_t n, size_t *pr
     *private_keys = 0;
     for (size_t i = 0; i < n; i++) {
         if (strcmp(objs[i].object_class, "private-key") != 0) continue;
+        if (strncmp(objs[i].label, "hsmvault:audit/", 15) == 0) { /* the audit log's, sign only */
+            CHECK(objs[i].sensitive && !objs[i].extractable && objs[i].can_sign &&
+                  !objs[i].can_decrypt && !objs[i].can_unwrap);
+            continue;
+        }
         (*private_keys)++;
         CHECK(objs[i].sensitive && !objs[i].extractable && objs[i].is_private);
         CHECK(objs[i].can_decrypt && !objs[i].can_sign && !objs[i].can_wrap);
@@ -830,6 +835,10 @@ static void test_token_attributes_api(void)
     for (size_t i = 0; l && i < l->n_objects; i++) {
         Hsmvault__V1__TokenObject *o = l->objects[i];
         if (strcmp(o->object_class, "private-key") != 0) continue;
+        if (strcmp(o->vault_role, "audit-checkpoint-key") == 0) { /* the audit log's */
+            CHECK(o->sensitive && !o->extractable && o->can_sign && !o->can_decrypt);
+            continue;
+        }
         priv++;
         /* Every private key: sensitive, not extractable, private, decrypt
          * and unwrap only.  Keys generated in the token (service keys) were

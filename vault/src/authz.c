@@ -54,8 +54,10 @@ kv_result vault_authorize(store_txn *t, const char *principal, unsigned roles,
                         &hsmvault__store__principal_record__descriptor, (ProtobufCMessage **)&p))) {
         for (size_t i = 0; i < p->n_bindings && !allowed; i++) {
             const Hsmvault__V1__RoleBinding *b = p->bindings[i];
-            if ((roles & (1u << b->role)) && vault_binding_covers(b, tenant_id, env_id))
+            if ((roles & (1u << b->role)) && vault_binding_covers(b, tenant_id, env_id)) {
                 allowed = true;
+                vault_audit_note_role(b->role); /* the audit record names the granting role */
+            }
         }
         kv_pb_free(&p->base);
     } else if (kv_error_code() != KV_ERR_NOT_FOUND) {

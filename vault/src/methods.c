@@ -45,6 +45,10 @@ H(vault_rpc_reconcile);
 H(vault_rpc_get_import_key);
 H(vault_rpc_rotate_import_key);
 H(vault_rpc_list_import_keys);
+H(vault_rpc_read_log);
+H(vault_rpc_export_log);
+H(vault_rpc_verify_log);
+H(vault_rpc_get_checkpoint_key);
 #undef H
 
 #ifdef KV_TEST_HOOKS
@@ -117,6 +121,10 @@ static const rpc_method vault_method_table[] = {
     {"/hsmvault.v1.TenantKeys/GetImportKey", vault_rpc_get_import_key},
     {"/hsmvault.v1.Tenants/RotateImportKey", vault_rpc_rotate_import_key},
     {"/hsmvault.v1.Tenants/ListImportKeys", vault_rpc_list_import_keys},
+    {"/hsmvault.v1.AuditLog/ReadLog", vault_rpc_read_log},
+    {"/hsmvault.v1.AuditLog/ExportLog", vault_rpc_export_log},
+    {"/hsmvault.v1.AuditLog/VerifyLog", vault_rpc_verify_log},
+    {"/hsmvault.v1.AuditLog/GetCheckpointKey", vault_rpc_get_checkpoint_key},
 #ifdef KV_TEST_HOOKS
     {"/hsmvault.v1.Testing/AdvanceClock", vault_rpc_advance_clock},
 #endif

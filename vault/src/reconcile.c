@@ -41,12 +41,14 @@ typedef enum {
     VOBJ_IMPORT_KEY,
     VOBJ_AUDIT_HMAC,
     VOBJ_AUDIT_SIGN,
+    VOBJ_AUDIT_ANCHOR, /* the audit log's anchor data object (no CKA_ID; docs/audit.md) */
 } vault_obj_role;
 
 static const char *vault_obj_role_name(vault_obj_role r)
 {
-    static const char *const names[] = {"unknown",    "tenant-key",     "service-key",
-                                        "import-key", "audit-hmac-key", "audit-checkpoint-key"};
+    static const char *const names[] = {"unknown",     "tenant-key",     "service-key",
+                                        "import-key",  "audit-hmac-key", "audit-checkpoint-key",
+                                        "audit-anchor"};
     return names[r];
 }
 
@@ -107,6 +109,8 @@ static vault_match vault_match_object(const vault_inv *inv, const hsm_object_inf
             m.role = a == 0 ? VOBJ_AUDIT_HMAC : VOBJ_AUDIT_SIGN;
             m.expected = true;
         }
+    if (o->id_len == 0 && strcmp(o->label, VAULT_AUDIT_ANCHOR_LABEL) == 0)
+        m.role = VOBJ_AUDIT_ANCHOR, m.expected = true;
     return m;
 }
 
@@ -528,7 +532,8 @@ static kv_result vault_rpc_list_token_objects_impl(vault *v, const rpc_ctx *ctx,
                              sizeof(kids[i]));
             it->vault_key_id = kids[i];
             it->vault_state = (char *)(uintptr_t)vault_import_key_state(v, m.import, now);
-        } else if (m.role == VOBJ_AUDIT_HMAC || m.role == VOBJ_AUDIT_SIGN) {
+        } else if (m.role == VOBJ_AUDIT_HMAC || m.role == VOBJ_AUDIT_SIGN ||
+                   m.role == VOBJ_AUDIT_ANCHOR) {
             it->vault_state = "in-use";
         }
         ptrs[i] = it;

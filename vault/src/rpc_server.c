@@ -103,6 +103,7 @@ struct rpc_server {
     rpc_route *routes; /* sorted by path for bsearch */
     size_t n_routes;
     void *app;
+    rpc_around_fn around;
     int port;
     bool grpc_ref; /* holds one grpc_init() reference */
 };
@@ -372,7 +373,8 @@ static kv_result rpc_dispatch(rpc_server *s, grpc_call *call, const rpc_route *r
                    .deadline_mono_ms = rpc_deadline_mono_ms(deadline)};
     KV_GUARD(rpc_ctx_check_deadline(&ctx));
     kv_error_clear();
-    kv_result r = route->fn(s->app, &ctx, req, req_len, reply);
+    kv_result r = s->around != NULL ? s->around(s->app, route->fn, &ctx, req, req_len, reply)
+                                    : route->fn(s->app, &ctx, req, req_len, reply);
     if (kv_failed(r)) {
         if (kv_error_code() == KV_OK) /* a handler bug: failed without a record */
             kv_error_set(KV_ERR_INTERNAL, __FILE__, __LINE__, "internal error");
@@ -687,6 +689,7 @@ kv_result rpc_server_start(const rpc_server_config *cfg, const rpc_method *metho
     KV_ENSURE(s != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
     pthread_mutex_init(&s->principals.mu, NULL);
     s->app = app;
+    s->around = cfg->around;
     kv_absl_deadlock_detection_off();
     grpc_init();
     s->grpc_ref = true;

@@ -40,6 +40,11 @@ typedef struct {
     rpc_handler_fn fn;
 } rpc_method;
 
+/* Runs around every handler call (e.g. the audit log): must call fn (or
+ * refuse) and may replace its result. */
+typedef kv_result (*rpc_around_fn)(void *app, rpc_handler_fn fn, const rpc_ctx *ctx,
+                                   const uint8_t *req, size_t req_len, rpc_reply *reply);
+
 typedef struct {
     const char *listen_addr; /* "127.0.0.1:7443"; port 0 picks a free port */
     const char *ca_file;     /* PEM: CA that client certificates must chain to */
@@ -53,6 +58,7 @@ typedef struct {
     const char *const *dedicated;
     unsigned dedicated_workers; /* per dedicated method; 0 means the same as workers */
     size_t max_message;         /* max send/receive message bytes; 0 means 4 MiB */
+    rpc_around_fn around;       /* NULL: handlers are called directly */
 } rpc_server_config;
 
 /* Binds, starts the workers and returns; *out runs until rpc_server_stop. */

@@ -26,7 +26,8 @@
 #define STORE_SCHEMA_VERSION "1"
 
 static const char *const store_table_names[STORE_TABLE_COUNT] = {
-    "tenants", "keys", "environments", "databases", "principals", "meta", "outbox", "import_keys",
+    "tenants", "keys",   "environments", "databases", "principals",
+    "meta",    "outbox", "import_keys",  "audit_log", "audit_checkpoints",
 };
 
 static size_t store_initial_map = 64u << 20;
@@ -39,13 +40,29 @@ struct vault_store {
      * (mdb_env_set_mapsize needs no transaction active in the process). */
     pthread_rwlock_t resize_lock;
     int lock_fd; /* flock'd: one vaultd per store */
+    store_commit_hook_fn hook;
+    void *hook_arg;
 };
 
 struct store_txn {
     vault_store *store;
     MDB_txn *txn;
     int map_full; /* set when a put hit MDB_MAP_FULL */
+    unsigned touched; /* 1u << table for every table written */
 };
+
+#define STORE_AUDIT_TABLES ((1u << STORE_AUDIT_LOG) | (1u << STORE_AUDIT_CHECKPOINTS))
+
+void store_set_commit_hook(vault_store *s, store_commit_hook_fn fn, void *arg)
+{
+    s->hook = fn;
+    s->hook_arg = arg;
+}
+
+const char *store_table_name(store_table table)
+{
+    return (unsigned)table < STORE_TABLE_COUNT ? store_table_names[table] : "unknown";
+}
 
 static kv_result store_mdb_error(int rc, const char *what)
 {
@@ -200,6 +217,9 @@ kv_result store_update(vault_store *s, store_update_fn fn, void *ctx)
             return store_mdb_error(rc, "beginning a write transaction");
         }
         kv_result r = fn(&t, ctx);
+        /* The audit record of the change joins the change's transaction. */
+        if (kv_ok(r) && s->hook != NULL && (t.touched & ~STORE_AUDIT_TABLES) != 0)
+            r = s->hook(&t, t.touched, s->hook_arg);
         if (kv_failed(r)) {
             mdb_txn_abort(t.txn);
             pthread_rwlock_unlock(&s->resize_lock);
@@ -262,6 +282,7 @@ kv_result store_put(store_txn *t, store_table table, const char *key, const Prot
     /* MDB_RESERVE: pack straight into the page, no intermediate copy. */
     int rc = mdb_put(t->txn, t->store->dbi[table], &k, &v, MDB_RESERVE);
     if (rc == MDB_MAP_FULL) t->map_full = 1;
+    t->touched |= 1u << table;
     if (rc != 0) return store_mdb_error(rc, "writing");
     size_t w = protobuf_c_message_pack(msg, v.mv_data);
     KV_ENSURE(w == n, KV_ERR_INTERNAL, "packing %s wrote %zu of %zu bytes", msg->descriptor->name,
@@ -274,23 +295,27 @@ kv_result store_del(store_txn *t, store_table table, const char *key)
     MDB_val k;
     KV_GUARD(store_key(key, &k));
     int rc = mdb_del(t->txn, t->store->dbi[table], &k, NULL);
+    t->touched |= 1u << table;
     if (rc == MDB_NOTFOUND)
         KV_BAIL(KV_ERR_NOT_FOUND, "%s has no record %s", store_table_names[table], key);
     if (rc != 0) return store_mdb_error(rc, "deleting");
     return KV_SUCCESS;
 }
 
-kv_result store_scan(store_txn *t, store_table table, const char *prefix,
-                     const ProtobufCMessageDescriptor *desc, store_scan_fn fn, void *ctx)
+/* Scans from the first key >= start (start "" : the first key) while keys
+ * begin with prefix. */
+static kv_result store_scan_range(store_txn *t, store_table table, const char *start,
+                                  const char *prefix, const ProtobufCMessageDescriptor *desc,
+                                  store_scan_fn fn, void *ctx)
 {
     MDB_cursor *cur;
     int rc = mdb_cursor_open(t->txn, t->store->dbi[table], &cur);
     if (rc != 0) return store_mdb_error(rc, "opening a cursor");
-    size_t plen = strlen(prefix);
-    MDB_val k = {.mv_size = plen, .mv_data = (void *)(uintptr_t)prefix};
+    size_t plen = strlen(prefix), slen = strlen(start);
+    MDB_val k = {.mv_size = slen, .mv_data = (void *)(uintptr_t)start};
     MDB_val v;
     kv_result r = KV_SUCCESS;
-    rc = plen > 0 ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
+    rc = slen > 0 ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE)
                   : mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     char keybuf[STORE_KEY_MAX + 1];
     while (rc == 0) {
@@ -319,6 +344,48 @@ out:
     return r;
 }
 
+kv_result store_scan(store_txn *t, store_table table, const char *prefix,
+                     const ProtobufCMessageDescriptor *desc, store_scan_fn fn, void *ctx)
+{
+    return store_scan_range(t, table, prefix, prefix, desc, fn, ctx);
+}
+
+kv_result store_scan_from(store_txn *t, store_table table, const char *from,
+                          const ProtobufCMessageDescriptor *desc, store_scan_fn fn, void *ctx)
+{
+    return store_scan_range(t, table, from, "", desc, fn, ctx);
+}
+
+kv_result store_last(store_txn *t, store_table table, char *key, size_t cap,
+                     const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out)
+{
+    MDB_cursor *cur;
+    int rc = mdb_cursor_open(t->txn, t->store->dbi[table], &cur);
+    if (rc != 0) return store_mdb_error(rc, "opening a cursor");
+    MDB_val k, v;
+    kv_result r = KV_SUCCESS;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    if (rc == MDB_NOTFOUND) {
+        r = kv_error_set(KV_ERR_NOT_FOUND, __FILE__, __LINE__, "%s is empty",
+                         store_table_names[table]);
+    } else if (rc != 0) {
+        r = store_mdb_error(rc, "reading the last record");
+    } else if (k.mv_size >= cap) {
+        r = kv_error_set(KV_ERR_DATA_LOSS, __FILE__, __LINE__, "vault store: oversized key in %s",
+                         store_table_names[table]);
+    } else {
+        memcpy(key, k.mv_data, k.mv_size);
+        key[k.mv_size] = '\0';
+        *out = protobuf_c_message_unpack(desc, &kv_pb_wiping_allocator, v.mv_size, v.mv_data);
+        if (*out == NULL)
+            r = kv_error_set(KV_ERR_DATA_LOSS, __FILE__, __LINE__,
+                             "vault store: record %s in %s does not decode as %s", key,
+                             store_table_names[table], desc->name);
+    }
+    mdb_cursor_close(cur);
+    return r;
+}
+
 kv_result store_meta_get(store_txn *t, const char *key, char *out, size_t cap)
 {
     MDB_val k, v;
@@ -341,6 +408,7 @@ kv_result store_meta_put(store_txn *t, const char *key, const char *value)
     v.mv_data = (void *)(uintptr_t)value;
     int rc = mdb_put(t->txn, t->store->dbi[STORE_META], &k, &v, 0);
     if (rc == MDB_MAP_FULL) t->map_full = 1;
+    t->touched |= 1u << STORE_META;
     if (rc != 0) return store_mdb_error(rc, "writing");
     return KV_SUCCESS;
 }

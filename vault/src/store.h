@@ -10,6 +10,8 @@
  *   meta         schema_version, ...            raw bytes
  *   outbox       <time>-<id>                    OutboxRecord (notifications to deliver)
  *   import_keys  <subscription_id>/<version>    ImportKeyRecord (BYOK import keys)
+ *   audit_log    <seq, 20 digits>               AuditEntry (hash-chained audit records)
+ *   audit_checkpoints <seq, 20 digits>          AuditCheckpointRecord (signed heads)
  *
  * Every state change is one write transaction (store_update), committed on
  * the thread that began it; MDB_MAP_FULL grows the map and retries the whole
@@ -33,7 +35,9 @@ typedef enum {
     STORE_PRINCIPALS,
     STORE_META,
     STORE_OUTBOX,
-    STORE_IMPORT_KEYS, /* <subscription_id>/<version %010u>: ImportKeyRecord (BYOK) */
+    STORE_IMPORT_KEYS,       /* <subscription_id>/<version %010u>: ImportKeyRecord (BYOK) */
+    STORE_AUDIT_LOG,         /* <seq %020llu>: AuditEntry */
+    STORE_AUDIT_CHECKPOINTS, /* <seq %020llu>: AuditCheckpointRecord */
     STORE_TABLE_COUNT
 } store_table;
 
@@ -84,6 +88,23 @@ KV_RESULT store_collect(store_txn *t, store_table table, const char *prefix,
                         const ProtobufCMessageDescriptor *desc, store_keep_fn keep, const void *arg,
                         store_list *out);
 void store_list_free(store_list *l);
+
+/* Runs after a successful update fn, inside its transaction and before the
+ * commit, whenever the transaction wrote a table other than the audit tables
+ * (touched: bit 1u << table per table written).  The audit log uses it to
+ * append the record of a state change to the change's own transaction.  It
+ * may run more than once for one update (map growth), like fn. */
+typedef kv_result (*store_commit_hook_fn)(store_txn *t, unsigned touched, void *arg);
+void store_set_commit_hook(vault_store *s, store_commit_hook_fn fn, void *arg);
+const char *store_table_name(store_table table);
+
+/* The last record of table (in key order): its key into key (cap bytes) and
+ * the record; NOT_FOUND when the table is empty. */
+KV_RESULT store_last(store_txn *t, store_table table, char *key, size_t cap,
+                     const ProtobufCMessageDescriptor *desc, ProtobufCMessage **out);
+/* store_scan from the first key >= from (to the end of the table). */
+KV_RESULT store_scan_from(store_txn *t, store_table table, const char *from,
+                          const ProtobufCMessageDescriptor *desc, store_scan_fn fn, void *ctx);
 
 /* Raw values for the meta table. */
 KV_RESULT store_meta_get(store_txn *t, const char *key, char *out, size_t cap);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "hsm.h"
+#include "kv_audit.h"
 #include "kv_byok.h"
 #include "kv_result.h"
 #include "rpc_server.h"
@@ -49,12 +50,17 @@ typedef Hsmvault__Store__ImportKeyRecord ImportKeyRecord;
  * reconcile and the token audit match objects by that id, never by label. */
 #define VAULT_AUDIT_HMAC_LABEL "hsmvault:audit/hmac-key"
 #define VAULT_AUDIT_SIGN_LABEL "hsmvault:audit/checkpoint-key"
+/* The latest checkpoint's seq and head, a private data object (no CKA_ID). */
+#define VAULT_AUDIT_ANCHOR_LABEL "hsmvault:audit/anchor"
 #define VAULT_META_AUDIT_HMAC_ID "audit_hmac_key_id"
 #define VAULT_META_AUDIT_SIGN_ID "audit_checkpoint_key_id"
+
+struct vault_audit;
 
 typedef struct {
     hsm *hsm;
     vault_store *store;
+    struct vault_audit *audit; /* NULL: audit log off (vaultd --dev --no-audit-log, benches) */
     unsigned lease_seconds;
     int64_t activation_cooldown; /* seconds; no activation sooner after the last one */
     int64_t rollback_window; /* seconds after an activation during which it can be rolled back */
@@ -156,6 +162,34 @@ KV_RESULT vault_resume_activations(vault *v);
 /* Gives principal a role binding (idempotent); used to bootstrap operators. */
 KV_RESULT vault_bind_role(vault *v, const char *principal, Hsmvault__V1__Role role,
                           const char *tenant_id, const char *environment_id);
+
+/* ---- audit log (audit.c, audit_ops.c; docs/audit.md) ---- */
+#define VAULT_AUDIT_CHECKPOINT_EVERY 1000 /* records between signed checkpoints */
+/* Creates the audit keys at first start (token objects, then the meta ids),
+ * starts the group-commit writer and hooks every store transaction. */
+KV_RESULT vault_audit_open(vault *v, unsigned checkpoint_every);
+/* Stops the writer and writes the shutdown checkpoint. */
+void vault_audit_close(vault *v);
+/* rpc_around_fn: records every call's result (fail closed). */
+KV_RESULT vault_audit_around(void *app, rpc_handler_fn fn, const rpc_ctx *ctx, const uint8_t *req,
+                             size_t req_len, rpc_reply *reply);
+/* The role that granted the current call (vault_authorize). */
+void vault_audit_note_role(unsigned role);
+/* Names the internal work of this thread for records of changes outside an
+ * RPC ("sweep", "startup"); NULL: "background". */
+void vault_audit_task(const char *task);
+KV_RESULT vault_audit_seal(vault *v);
+/* The audit tables' key of seq (20 decimal digits). */
+void vault_audit_seq_key(uint64_t seq, char out[24]);
+/* The last record's seq and hash (0 and zeros for an empty log). */
+KV_RESULT vault_audit_head(store_txn *t, uint64_t *seq, uint8_t hash[32]);
+KV_RESULT vault_audit_public_key(vault *v, uint8_t **spki, size_t *spki_len);
+KV_RESULT vault_audit_anchor(vault *v, uint64_t *seq, uint8_t head[32]);
+/* kv_audit_hmac_check_fn over the token's audit key (arg: the vault). */
+KV_RESULT vault_audit_hmac_check(void *arg, const kv_audit_record *r, bool *ok);
+/* Seals, then verifies the whole stored log online (HMACs, signatures,
+ * anchor); the anchor's checkpoint seq goes to *anchor. */
+KV_RESULT vault_audit_verify_store(vault *v, kv_audit_report *rep, uint64_t *anchor);
 
 /* The method table served by vaultd. */
 const rpc_method *vault_methods(size_t *count);

@@ -27,6 +27,7 @@ void vaultd_config_defaults(vaultd_config *c)
     c->unlock_after_lock = 3600;
     c->locked_environment_retention = 28 * 86400;
     c->import_key_validity = 7 * 86400;
+    c->audit_checkpoint_every = 1000;
 }
 
 static kv_result vaultd_config_set(const char *key, const char *value, void *arg)
@@ -87,6 +88,11 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
         return kv_config_duration(key, value, 0, 365LL * 86400, &c->activation_cooldown);
     if (strcmp(key, "import_key_validity") == 0)
         return kv_config_duration(key, value, 0, 365LL * 86400, &c->import_key_validity);
+    if (strcmp(key, "audit_checkpoint_every") == 0) {
+        KV_GUARD(kv_config_uint(key, value, 1, 1000000, &n));
+        c->audit_checkpoint_every = (unsigned)n;
+        return KV_SUCCESS;
+    }
     if (strcmp(key, "max_message") == 0) {
         KV_GUARD(kv_config_uint(key, value, 4096, 64ul << 20, &n));
         c->max_message = n;
