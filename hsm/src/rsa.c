@@ -152,11 +152,16 @@ kv_result hsm_rsa_generate_usage(hsm *h, const char *label, unsigned bits, hsm_r
         {CKA_LABEL, label_buf, label_len},
     };
     CK_ATTRIBUTE priv_t[] = {
-        {CKA_TOKEN, HSM_TRUE, 1},          {CKA_PRIVATE, HSM_TRUE, 1},
-        {CKA_SENSITIVE, HSM_TRUE, 1},      {CKA_EXTRACTABLE, &extractable, 1},
-        {CKA_DECRYPT, &decrypt, 1},        {CKA_UNWRAP, &unwrap, 1},
-        {CKA_SIGN, &sign, 1},              {CKA_SIGN_RECOVER, HSM_FALSE, 1},
-        {CKA_DERIVE, HSM_FALSE, 1},        {CKA_ID, new_id.bytes, sizeof(new_id.bytes)},
+        {CKA_TOKEN, HSM_TRUE, 1},
+        {CKA_PRIVATE, HSM_TRUE, 1},
+        {CKA_SENSITIVE, HSM_TRUE, 1},
+        {CKA_EXTRACTABLE, &extractable, 1},
+        {CKA_DECRYPT, &decrypt, 1},
+        {CKA_UNWRAP, &unwrap, 1},
+        {CKA_SIGN, &sign, 1},
+        {CKA_SIGN_RECOVER, HSM_FALSE, 1},
+        {CKA_DERIVE, HSM_FALSE, 1},
+        {CKA_ID, new_id.bytes, sizeof(new_id.bytes)},
         {CKA_LABEL, label_buf, label_len},
     };
     CK_ULONG pub_n = KV_ARRAY_LEN(pub_t) - (label_len ? 0 : 1);

@@ -47,7 +47,7 @@ struct vault_store {
 struct store_txn {
     vault_store *store;
     MDB_txn *txn;
-    int map_full; /* set when a put hit MDB_MAP_FULL */
+    int map_full;     /* set when a put hit MDB_MAP_FULL */
     unsigned touched; /* 1u << table for every table written */
 };
 

@@ -34,7 +34,7 @@ typedef struct {
     int64_t locked_environment_retention;
     int64_t rollback_window; /* seconds after an activation during which another admin may roll it
                                 back */
-    int64_t import_key_validity; /* BYOK: an older import key version is accepted this long */
+    int64_t import_key_validity;     /* BYOK: an older import key version is accepted this long */
     unsigned audit_checkpoint_every; /* audit records between signed checkpoints */
 } vaultd_config;
 
