@@ -116,6 +116,36 @@ KV_RESULT kv_audit_export_add_line(char **text, size_t *len, size_t *cap, const 
 KV_RESULT kv_audit_export_parse(const uint8_t *data, size_t len, kv_audit_export *out);
 void kv_audit_export_free(kv_audit_export *e);
 
+/* The result-record journal (vaultd's <store>/audit.journal): result
+ * records land here first, one pwrite each before the call's reply, and are
+ * folded into the chain (store) in batches.  A file of fixed size:
+ *   header (64 bytes): "HVAJ" | format 1 | 0 0 0 | generation u64 BE | zeros
+ *   frame: "HVAR" | event length u32 BE | generation u64 BE | number u64 BE |
+ *          SHA-256("hsmvault-audit-journal-v1" NUL || the 24 bytes before
+ *          it || event) | event
+ * Frames follow the header back to back, numbered from 1; the first one
+ * that is not whole, not of this generation, out of number or damaged ends
+ * the journal (a torn tail, or the old generation's frames after a reset). */
+#define KV_AJ_HEADER 64
+#define KV_AJ_FRAME_HEADER 56
+#define KV_AJ_FRAME_MAX (KV_AJ_FRAME_HEADER + KV_AUDIT_EVENT_MAX)
+
+void kv_aj_header(uint64_t generation, uint8_t out[KV_AJ_HEADER]);
+/* DATA_LOSS if p does not start with a journal header. */
+KV_RESULT kv_aj_header_parse(const uint8_t *p, size_t len, uint64_t *generation);
+/* Frames event (1 to KV_AUDIT_EVENT_MAX bytes) as frame number of
+ * generation into out (KV_AJ_FRAME_HEADER + n bytes); returns that size, or
+ * 0 for an event of a bad size. */
+size_t kv_aj_frame(uint64_t generation, uint64_t number, const uint8_t *event, size_t n,
+                   uint8_t *out);
+/* Each whole frame of the journal in buf (the file, header included), in
+ * order: fn(arg, number, event, length); fn's failure stops the walk and is
+ * returned.  *end is the offset after the last whole frame, *frames their
+ * count.  DATA_LOSS if buf has no journal header. */
+typedef kv_result (*kv_aj_fn)(void *arg, uint64_t number, const uint8_t *event, size_t n);
+KV_RESULT kv_aj_scan(const uint8_t *buf, size_t len, uint64_t *generation, kv_aj_fn fn, void *arg,
+                     size_t *end, uint64_t *frames);
+
 /* PEM "PUBLIC KEY" -> SPKI DER (malloc'd) and back. */
 KV_RESULT kv_audit_spki_from_pem(const char *pem, size_t len, uint8_t **der, size_t *der_len);
 KV_RESULT kv_audit_spki_to_pem(const uint8_t *der, size_t der_len, char **pem);

@@ -47,6 +47,88 @@ void kv_audit_record_hash(const uint8_t prev[KV_AUDIT_HASH_BYTES], uint64_t seq,
     EVP_MD_CTX_free(c);
 }
 
+/* ---- the result-record journal ---- */
+
+static const char kv_aj_tag[] = "hsmvault-audit-journal-v1";
+
+static uint64_t kv_audit_get_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+void kv_aj_header(uint64_t generation, uint8_t out[KV_AJ_HEADER])
+{
+    memset(out, 0, KV_AJ_HEADER);
+    memcpy(out, "HVAJ", 4);
+    out[4] = 1;
+    kv_audit_be64(generation, out + 8);
+}
+
+kv_result kv_aj_header_parse(const uint8_t *p, size_t len, uint64_t *generation)
+{
+    KV_ENSURE(p != NULL && len >= KV_AJ_HEADER && memcmp(p, "HVAJ", 4) == 0, KV_ERR_DATA_LOSS,
+              "not an audit journal (no header)");
+    KV_ENSURE(p[4] == 1 && p[5] == 0 && p[6] == 0 && p[7] == 0, KV_ERR_DATA_LOSS,
+              "audit journal of an unknown format %u", (unsigned)p[4]);
+    *generation = kv_audit_get_be64(p + 8);
+    return KV_SUCCESS;
+}
+
+/* The checksum of a frame: its first 24 bytes and its event. */
+static bool kv_aj_sum(const uint8_t head[24], const uint8_t *event, size_t n, uint8_t out[32])
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned got = 0;
+    bool ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1 &&
+              EVP_DigestUpdate(c, kv_aj_tag, sizeof(kv_aj_tag)) == 1 &&
+              EVP_DigestUpdate(c, head, 24) == 1 && EVP_DigestUpdate(c, event, n) == 1 &&
+              EVP_DigestFinal_ex(c, out, &got) == 1 && got == 32;
+    EVP_MD_CTX_free(c);
+    return ok;
+}
+
+size_t kv_aj_frame(uint64_t generation, uint64_t number, const uint8_t *event, size_t n,
+                   uint8_t *out)
+{
+    if (event == NULL || n == 0 || n > KV_AUDIT_EVENT_MAX) return 0;
+    memcpy(out, "HVAR", 4);
+    for (int i = 0; i < 4; i++)
+        out[4 + i] = (uint8_t)(n >> (24 - 8 * i));
+    kv_audit_be64(generation, out + 8);
+    kv_audit_be64(number, out + 16);
+    if (!kv_aj_sum(out, event, n, out + 24)) return 0;
+    memcpy(out + KV_AJ_FRAME_HEADER, event, n);
+    return KV_AJ_FRAME_HEADER + n;
+}
+
+kv_result kv_aj_scan(const uint8_t *buf, size_t len, uint64_t *generation, kv_aj_fn fn, void *arg,
+                     size_t *end, uint64_t *frames)
+{
+    KV_GUARD(kv_aj_header_parse(buf, len, generation));
+    size_t at = KV_AJ_HEADER;
+    uint64_t count = 0;
+    while (len - at >= KV_AJ_FRAME_HEADER) {
+        const uint8_t *f = buf + at;
+        if (memcmp(f, "HVAR", 4) != 0) break;
+        size_t n = (size_t)f[4] << 24 | (size_t)f[5] << 16 | (size_t)f[6] << 8 | f[7];
+        if (n == 0 || n > KV_AUDIT_EVENT_MAX || len - at - KV_AJ_FRAME_HEADER < n) break;
+        if (kv_audit_get_be64(f + 8) != *generation || kv_audit_get_be64(f + 16) != count + 1)
+            break;
+        uint8_t sum[32];
+        if (!kv_aj_sum(f, f + KV_AJ_FRAME_HEADER, n, sum) || CRYPTO_memcmp(sum, f + 24, 32) != 0)
+            break;
+        if (fn != NULL) KV_GUARD(fn(arg, count + 1, f + KV_AJ_FRAME_HEADER, n));
+        count++;
+        at += KV_AJ_FRAME_HEADER + n;
+    }
+    *end = at;
+    *frames = count;
+    return KV_SUCCESS;
+}
+
 void kv_audit_checkpoint_message(uint64_t seq, const uint8_t head[KV_AUDIT_HASH_BYTES],
                                  int64_t time, uint8_t out[KV_AUDIT_CHECKPOINT_MSG_BYTES])
 {

@@ -157,6 +157,21 @@ KV_RESULT hsm_hmac_generate(hsm *h, const char *label, hsm_key_id *id);
  * macs (n * HSM_HMAC_BYTES), on one token session. */
 KV_RESULT hsm_hmac_sha256_many(hsm *h, const hsm_key_id *id, const uint8_t *in, size_t n,
                                size_t item_len, uint8_t *macs);
+/* A session of its own for a stream of MACs under one key (the audit
+ * writer's): no wait for the pool, and where the token allows C_CopyObject
+ * a session-object copy of the key (CKA_TOKEN false, no CKA_ID, still
+ * sensitive and unextractable, gone when the session closes), because
+ * SoftHSM checks a token object's file on every use (measured: 19 us a MAC
+ * on the token object, 6 us on the copy).  One thread at a time. */
+typedef struct hsm_mac_session hsm_mac_session;
+KV_RESULT hsm_mac_session_open(hsm *h, const hsm_key_id *id, hsm_mac_session **out);
+/* As hsm_hmac_sha256_many, on the session; the first MAC of each call uses
+ * the token object (so a key deleted from the token fails the call).  After
+ * a failure the session is unusable: close it (and open a new one). */
+KV_RESULT hsm_mac_session_many(hsm_mac_session *m, const uint8_t *in, size_t n, size_t item_len,
+                               uint8_t *macs);
+/* Closes the session (destroying the copy); NULL is fine. */
+void hsm_mac_session_close(hsm_mac_session *m);
 /* HMAC-SHA256 of data under the token key id. */
 KV_RESULT hsm_hmac_sha256(hsm *h, const hsm_key_id *id, const uint8_t *data, size_t len,
                           uint8_t mac[HSM_HMAC_BYTES]);

@@ -112,6 +112,65 @@ out:
     return r;
 }
 
+struct hsm_mac_session {
+    hsm *h;
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE key, token_key;
+};
+
+kv_result hsm_mac_session_open(hsm *h, const hsm_key_id *id, hsm_mac_session **out)
+{
+    KV_ENSURE(h != NULL && id != NULL && out != NULL, KV_ERR_INVALID_ARGUMENT,
+              "hsm_mac_session_open: missing argument");
+    hsm_mac_session *m = calloc(1, sizeof(*m));
+    KV_ENSURE(m != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
+    m->h = h;
+    CK_RV rv = h->p11->C_OpenSession(h->slot, CKF_SERIAL_SESSION, NULL, NULL, &m->s);
+    if (rv != CKR_OK) {
+        free(m);
+        return HSM_RV_FAIL(rv, "C_OpenSession");
+    }
+    kv_result r = hsm_audit_object(h, m->s, id, CKO_SECRET_KEY, &m->token_key);
+    if (kv_failed(r)) {
+        (void)h->p11->C_CloseSession(m->s);
+        free(m);
+        return r;
+    }
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE t[] = {{CKA_TOKEN, HSM_FALSE, 1}, {CKA_ID, NULL, 0}};
+    rv = h->p11->C_CopyObject(m->s, m->token_key, t, KV_ARRAY_LEN(t), &m->key);
+    if (rv != CKR_OK) m->key = m->token_key; /* not copyable here: the token object serves */
+    *out = m;
+    return KV_SUCCESS;
+}
+
+kv_result hsm_mac_session_many(hsm_mac_session *m, const uint8_t *in, size_t n, size_t item_len,
+                               uint8_t *macs)
+{
+    KV_ENSURE(m != NULL && (in != NULL || n == 0) && (macs != NULL || n == 0),
+              KV_ERR_INVALID_ARGUMENT, "hsm_mac_session_many: missing argument");
+    CK_MECHANISM mech = {CKM_SHA256_HMAC, NULL, 0};
+    for (size_t i = 0; i < n; i++) {
+        /* The first MAC of each call on the token object itself: a key
+         * deleted from the token stops the stream here, copy or not. */
+        CK_RV rv = m->h->p11->C_SignInit(m->s, &mech, i == 0 ? m->token_key : m->key);
+        if (rv != CKR_OK) return HSM_RV_FAIL(rv, "C_SignInit(CKM_SHA256_HMAC)");
+        CK_ULONG mac_len = HSM_HMAC_BYTES;
+        rv = m->h->p11->C_Sign(m->s, (CK_BYTE_PTR)(uintptr_t)(in + i * item_len),
+                               (CK_ULONG)item_len, macs + i * HSM_HMAC_BYTES, &mac_len);
+        if (rv != CKR_OK || mac_len != HSM_HMAC_BYTES)
+            return HSM_RV_FAIL(rv != CKR_OK ? rv : CKR_GENERAL_ERROR, "C_Sign(CKM_SHA256_HMAC)");
+    }
+    return KV_SUCCESS;
+}
+
+void hsm_mac_session_close(hsm_mac_session *m)
+{
+    if (m == NULL) return;
+    (void)m->h->p11->C_CloseSession(m->s); /* destroys the session copy */
+    free(m);
+}
+
 kv_result hsm_hmac_sha256(hsm *h, const hsm_key_id *id, const uint8_t *data, size_t len,
                           uint8_t mac[HSM_HMAC_BYTES])
 {

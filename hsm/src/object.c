@@ -335,7 +335,11 @@ static kv_result hsm_objects_all(const hsm *h, CK_SESSION_HANDLE s, CK_OBJECT_HA
     kv_result r = KV_SUCCESS;
     CK_OBJECT_HANDLE *list = NULL;
     size_t n = 0, cap = 0;
-    CK_RV rv = h->p11->C_FindObjectsInit(s, NULL, 0);
+    /* Token objects only: session objects (the audit writer's key copy,
+     * transient keys of an import) are not the token's contents. */
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE on_token = {CKA_TOKEN, HSM_TRUE, 1};
+    CK_RV rv = h->p11->C_FindObjectsInit(s, &on_token, 1);
     if (rv != CKR_OK) return HSM_RV_FAIL(rv, "C_FindObjectsInit");
     for (;;) {
         if (cap - n < 64) {

@@ -5,6 +5,7 @@
  *   build/tests/bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]
  *                            [--sessions N] [--workers N] [--channels K]
  *                            [--queue-threads T] [--unwrap-workers U] [--no-audit-log]
+ *                            [--audit-sync-ms MS]
  *
  * Starts a real vaultd --dev (default 4 workers, 4 token sessions) in a
  * temporary directory, creates D databases as the storage node, then:
@@ -21,6 +22,8 @@
  * per unwrap), then one RESULT line for machines.
  * --no-audit-log runs vaultd without its audit log (vaultd --dev --no-audit-log),
  * to compare against the default (audit log on); the RESULT line says which.
+ * --audit-sync-ms passes vaultd's (default 10; 0: each unwrap waits for the
+ * fdatasync of its audit record).
  * Not a test: nothing asserts on time.
  */
 #include <getopt.h>
@@ -97,7 +100,7 @@ static int bench_cmp_double(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     int callers = 8, rounds = 10, sessions = 4, workers = 0, channels = 0, queue_threads = 0,
-        unwrap_workers = 0, no_audit = 0;
+        unwrap_workers = 0, no_audit = 0, sync_ms = -1;
     double seconds = 2;
     static const struct option opts[] = {{"callers", required_argument, NULL, 'c'},
                                          {"seconds", required_argument, NULL, 's'},
@@ -109,6 +112,7 @@ int main(int argc, char **argv)
                                          {"queue-threads", required_argument, NULL, 'Q'},
                                          {"unwrap-workers", required_argument, NULL, 'U'},
                                          {"no-audit-log", no_argument, NULL, 'A'},
+                                         {"audit-sync-ms", required_argument, NULL, 'Y'},
                                          {NULL, 0, NULL, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -143,11 +147,15 @@ int main(int argc, char **argv)
         case 'A':
             no_audit = 1;
             break;
+        case 'Y':
+            sync_ms = atoi(optarg);
+            break;
         default:
             fprintf(stderr,
                     "usage: bench_unwrap [--callers N] [--seconds S] [--rounds R] [--databases D]\n"
                     "                    [--sessions N] [--workers N] [--channels K] "
-                    "[--queue-threads T] [--unwrap-workers U] [--no-audit-log]\n");
+                    "[--queue-threads T] [--unwrap-workers U] [--no-audit-log]\n"
+                    "                    [--audit-sync-ms MS]\n");
             return 2;
         }
     }
@@ -163,19 +171,21 @@ int main(int argc, char **argv)
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
-    char tmp[256], state[300], w_arg[16], s_arg[16], u_arg[16];
+    char tmp[256], state[300], w_arg[16], s_arg[16], u_arg[16], y_arg[16];
     kv_test_tmpdir(tmp, sizeof(tmp), "bench");
     snprintf(state, sizeof(state), "%s/state", tmp);
     snprintf(w_arg, sizeof(w_arg), "%d", workers);
     snprintf(s_arg, sizeof(s_arg), "%d", sessions);
     snprintf(u_arg, sizeof(u_arg), "%d", unwrap_workers > 0 ? unwrap_workers : workers);
+    snprintf(y_arg, sizeof(y_arg), "%d", sync_ms);
     const char *extra[] = {"--workers",
                            w_arg,
                            "--sessions",
                            s_arg,
                            "--unwrap-workers",
                            u_arg,
-                           no_audit ? "--no-audit-log" : NULL,
+                           no_audit ? "--no-audit-log" : "--audit-sync-ms",
+                           no_audit ? NULL : (sync_ms >= 0 ? y_arg : "10"),
                            NULL};
     if (!vaultd_proc_start_args(&vd, state, extra)) return 1;
     vc *op = vaultd_proc_client(&vd, "operator");
@@ -280,9 +290,9 @@ int main(int argc, char **argv)
     printf("  rounds:   median ratio %.2f, lowest %.2f, highest %.2f; CPU ratio %.2f\n", median,
            ratios[0], ratios[rounds - 1], cpu_ratio);
     printf("RESULT bench_unwrap raw=%.0f vault=%.0f ratio=%.3f median=%.3f cpu_ratio=%.3f "
-           "audit_log=%s\n",
+           "audit_log=%s audit_sync_ms=%d\n",
            raw_sum / rounds, vault_sum / rounds, vault_sum / raw_sum, median, cpu_ratio,
-           no_audit ? "off" : "on");
+           no_audit ? "off" : "on", no_audit ? -1 : (sync_ms >= 0 ? sync_ms : 10));
 
     for (int i = 0; i < callers; i++)
         vc_close(args[i]);

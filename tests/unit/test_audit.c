@@ -409,8 +409,121 @@ static void test_hsm_audit_keys(void)
     free(pub);
     free(pub2);
     free(sig);
+    /* The writer's MAC session: the same MACs as the token object, no
+     * object in the token listing, and a key deleted from the token stops
+     * it at the next call. */
+    hsm_mac_session *ms = NULL;
+    objs = NULL;
+    CHECK_OK(hsm_objects_list(h, &objs, &n));
+    free(objs);
+    CHECK_OK(hsm_mac_session_open(h, &mac_id, &ms));
+    uint8_t items[3][3] = {{'a', 'b', 'c'}, {'a', 'b', 'd'}, {'a', 'b', 'c'}}, macs[3][32];
+    CHECK_OK(hsm_mac_session_many(ms, &items[0][0], 3, 3, &macs[0][0]));
+    CHECK(memcmp(macs[0], m1, 32) == 0 && memcmp(macs[1], m3, 32) == 0 &&
+          memcmp(macs[2], m1, 32) == 0);
+    objs = NULL;
+    size_t n2 = 0;
+    CHECK_OK(hsm_objects_list(h, &objs, &n2));
+    CHECK(n2 == n); /* the session copy is not a token object */
+    free(objs);
+    CHECK_OK(hsm_key_destroy(h, &mac_id));
+    CHECK(kv_failed(hsm_mac_session_many(ms, &items[0][0], 2, 3, &macs[0][0])));
+    hsm_mac_session_close(ms);
+    CHECK(kv_failed(hsm_mac_session_open(h, &mac_id, &ms)));
     hsm_close(h);
     kv_test_rmtree(dir);
+}
+
+/* ---- the result-record journal ---- */
+
+typedef struct {
+    uint64_t numbers[8];
+    size_t lens[8], n;
+} aj_seen;
+
+static kv_result aj_collect(void *arg, uint64_t number, const uint8_t *ev, size_t n)
+{
+    aj_seen *s = arg;
+    (void)ev;
+    if (s->n < 8) {
+        s->numbers[s->n] = number;
+        s->lens[s->n] = n;
+    }
+    s->n++;
+    return KV_SUCCESS;
+}
+
+/* A journal of 3 frames (events of 5, 300 and 1 bytes) after the header. */
+static size_t aj_make(uint8_t *buf, uint64_t gen)
+{
+    uint8_t ev[300];
+    memset(ev, 'e', sizeof(ev));
+    kv_aj_header(gen, buf);
+    size_t at = KV_AJ_HEADER;
+    at += kv_aj_frame(gen, 1, ev, 5, buf + at);
+    at += kv_aj_frame(gen, 2, ev, 300, buf + at);
+    at += kv_aj_frame(gen, 3, ev, 1, buf + at);
+    return at;
+}
+
+static size_t aj_count(const uint8_t *buf, size_t len, size_t *end)
+{
+    aj_seen s = {.n = 0};
+    uint64_t gen = 0, frames = 0;
+    CHECK_OK(kv_aj_scan(buf, len, &gen, aj_collect, &s, end, &frames));
+    CHECK(frames == s.n);
+    for (size_t i = 0; i < s.n && i < 8; i++)
+        CHECK(s.numbers[i] == i + 1);
+    return s.n;
+}
+
+static void test_journal(void)
+{
+    uint8_t buf[4096] = {0}, copy[4096];
+    size_t len = aj_make(buf, 0x1122334455667788ull), end = 0;
+    size_t f1 = KV_AJ_HEADER + KV_AJ_FRAME_HEADER + 5, f2 = f1 + KV_AJ_FRAME_HEADER + 300;
+    CHECK(len == f2 + KV_AJ_FRAME_HEADER + 1);
+    /* Whole, and followed by zeros (the preallocated rest of the file). */
+    CHECK(aj_count(buf, sizeof(buf), &end) == 3 && end == len);
+    uint64_t gen = 0, frames = 0;
+    CHECK_OK(kv_aj_header_parse(buf, len, &gen));
+    CHECK(gen == 0x1122334455667788ull);
+    /* A torn tail: every cut inside the last frame keeps the first two. */
+    for (size_t cut = f2; cut < len; cut++)
+        CHECK(aj_count(buf, cut, &end) == 2 && end == f2);
+    /* A flipped bit anywhere in frame 2 ends the journal after frame 1. */
+    for (size_t at = f1; at < f2; at += 7) {
+        memcpy(copy, buf, sizeof(buf));
+        copy[at] ^= 0x10;
+        CHECK(aj_count(copy, sizeof(copy), &end) == 1 && end == f1);
+    }
+    /* Frames of another generation (the old ones after a reset) do not count. */
+    memcpy(copy, buf, sizeof(buf));
+    kv_aj_header(0x99, copy);
+    CHECK(aj_count(copy, sizeof(copy), &end) == 0 && end == KV_AJ_HEADER);
+    /* Out of order: frame 2 where 1 should be. */
+    uint8_t ev[4] = "abcd";
+    kv_aj_header(7, copy);
+    size_t at = KV_AJ_HEADER + kv_aj_frame(7, 2, ev, 4, copy + KV_AJ_HEADER);
+    memset(copy + at, 0, sizeof(copy) - at);
+    CHECK(aj_count(copy, sizeof(copy), &end) == 0);
+    /* Bad sizes are refused when framing. */
+    CHECK(kv_aj_frame(7, 1, ev, 0, copy) == 0);
+    CHECK(kv_aj_frame(7, 1, NULL, 4, copy) == 0);
+    static uint8_t big[KV_AUDIT_EVENT_MAX + 1], out[KV_AJ_FRAME_MAX + 64];
+    CHECK(kv_aj_frame(7, 1, big, sizeof(big), out) == 0);
+    CHECK(kv_aj_frame(7, 1, big, KV_AUDIT_EVENT_MAX, out) == KV_AJ_FRAME_MAX);
+    /* A length field past the end, or above the limit, ends the journal. */
+    memcpy(copy, buf, sizeof(buf));
+    copy[KV_AJ_HEADER + 4] = 0xff;
+    CHECK(aj_count(copy, sizeof(copy), &end) == 0);
+    /* No header: DATA_LOSS; unknown format: DATA_LOSS. */
+    CHECK_ERR(kv_aj_scan(buf, KV_AJ_HEADER - 1, &gen, NULL, NULL, &end, &frames), KV_ERR_DATA_LOSS);
+    memcpy(copy, buf, sizeof(buf));
+    copy[4] = 2;
+    CHECK_ERR(kv_aj_scan(copy, sizeof(copy), &gen, NULL, NULL, &end, &frames), KV_ERR_DATA_LOSS);
+    memset(copy, 0, sizeof(copy));
+    CHECK_ERR(kv_aj_header_parse(copy, sizeof(copy), &gen), KV_ERR_DATA_LOSS);
 }
 
 int main(void)
@@ -434,6 +547,7 @@ int main(void)
     RUN(test_export_roundtrip);
     RUN(test_export_negative);
     RUN(test_hsm_audit_keys);
+    RUN(test_journal);
     free(spki);
     EVP_PKEY_free(sign_key);
     return kv_test_finish();

@@ -27,6 +27,16 @@ static void path_of(char *out, size_t cap, const char *leaf)
     snprintf(out, cap, "%s/%s", dir, leaf);
 }
 
+/* Damages one byte for certain: a fixed junk value would leave a byte that
+ * already held it (a random epoch byte, 1 time in 256) intact. */
+static bool flip_byte(int fd, off_t off)
+{
+    uint8_t b = 0;
+    if (pread(fd, &b, 1, off) != 1) return false;
+    b ^= 0x5a;
+    return pwrite(fd, &b, 1, off) == 1;
+}
+
 /* ---- record files ----------------------------------------------------------- */
 
 static DatabaseMeta meta_fixture(void)
@@ -193,8 +203,7 @@ static void test_nonce(void)
     tde_nonce_slot parsed;
     CHECK_OK(tde_nonce_slot_parse(slot, sizeof(slot), &parsed));
     off_t newer = parsed.seq % 2 ? 0 : 4096;
-    uint8_t junk = 0x5a;
-    CHECK(pwrite(fd, &junk, 1, newer + 20) == 1);
+    CHECK(flip_byte(fd, newer + 20));
     close(fd);
     CHECK_OK(tde_nonce_load(&n, path, 1u << 20));
     CHECK_OK(tde_nonce_take(&n, 1, &epoch2, &second));
@@ -202,7 +211,7 @@ static void test_nonce(void)
     tde_nonce_close(&n);
     /* Both slots damaged: DATA_LOSS, nothing handed out. */
     fd = open(path, O_RDWR);
-    CHECK(pwrite(fd, &junk, 1, 20) == 1 && pwrite(fd, &junk, 1, 4096 + 20) == 1);
+    CHECK(flip_byte(fd, 20) && flip_byte(fd, 4096 + 20));
     close(fd);
     CHECK_ERR(tde_nonce_load(&n, path, 1u << 20), KV_ERR_DATA_LOSS);
 

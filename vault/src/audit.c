@@ -17,13 +17,19 @@
  * fields of the request and reply (never passwords, PFX bytes, PINs or keys)
  * and from the error record, whose messages never carry secrets.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include "kv_audit.h"
@@ -40,7 +46,11 @@ typedef Hsmvault__Store__AuditEntry AuditEntry;
 typedef Hsmvault__Store__AuditCheckpointRecord AuditCheckpointRecord;
 
 #define AUDIT_ANCHOR_LABEL VAULT_AUDIT_ANCHOR_LABEL
+#define AUDIT_JOURNAL_MARK "journal" /* audit_state: how far the journal is folded */
+#define AUDIT_JOURNAL_BYTES (4u << 20)
 #define AUDIT_ID_MAX 64
+/* audit_sync_ms 0: how long the writer gathers synced records for one fold. */
+#define AUDIT_FOLD_MS 10
 
 /* What one RPC call has gathered for its records. */
 typedef struct {
@@ -52,15 +62,12 @@ typedef struct {
     char fingerprint[65];
 } audit_call;
 
-/* A result record waiting for the group commit. */
+/* A result record in the journal, waiting for the fold into the chain. */
 typedef struct audit_pending {
-    uint8_t *event;
+    uint64_t number; /* its journal frame */
     size_t len;
-    bool done;
-    bool failed;
-    kv_error_record err;
-    pthread_cond_t cv; /* its caller waits on it: only the batch's callers wake */
     struct audit_pending *next;
+    uint8_t event[]; /* a copy */
 } audit_pending;
 
 typedef struct vault_audit vault_audit;
@@ -68,13 +75,23 @@ struct vault_audit {
     vault *v;
     hsm_key_id hmac_id, sign_id;
     unsigned checkpoint_every;
+    unsigned sync_ms; /* 0: every call waits for the fdatasync of its record */
     pthread_mutex_t mu;
-    pthread_cond_t work;
+    pthread_cond_t work;     /* the writer: records, a round asked, or stop */
+    pthread_cond_t synced;   /* callers: frames synced, a round ended, or broken */
+    pthread_cond_t unsynced; /* the syncer (sync_ms 0): a frame appended, or stop */
+    /* Under mu: the journal and what waits for the fold. */
+    int jfd;
+    size_t jcap, jtail;
+    uint64_t jgen, jnext, jsynced;
     audit_pending *head, *tail;
-    unsigned n_pending;
+    uint64_t rounds_asked, rounds_done;
+    bool broken; /* a record could not be made durable or folded: calls are refused */
+    kv_error_record broken_err;
     bool stop;
-    pthread_t writer;
-    bool writer_running;
+    pthread_t writer, syncer;
+    bool writer_running, syncer_running;
+    hsm_mac_session *macs;   /* the writer's */
     pthread_mutex_t seal_mu; /* one checkpoint at a time; anchor only moves forward */
     uint64_t anchored;
     bool anchor_seen;
@@ -317,20 +334,43 @@ static kv_result audit_commit_hook(store_txn *t, unsigned touched, void *arg)
 typedef struct {
     vault_audit *a;
     audit_pending *batch;
-} audit_batch_ctx;
+    /* The journal mark the transaction leaves: the batch's generation and
+     * last frame, or a new generation and 0 when the journal is reset. */
+    uint64_t mark_gen, mark_frame;
+} audit_fold_ctx;
 
-static kv_result audit_batch_update(store_txn *t, void *arg)
+/* MACs of n hashes: on the writer's own session (a session copy of the key),
+ * else on the pool. */
+static kv_result audit_macs(vault_audit *a, const uint8_t *hashes, size_t n, uint8_t *macs)
 {
-    audit_batch_ctx *c = arg;
+    if (a->macs == NULL && kv_failed(hsm_mac_session_open(a->v->hsm, &a->hmac_id, &a->macs))) {
+        kv_log_error_record(KV_LOG_WARN, "opening the audit writer's token session");
+        a->macs = NULL;
+    }
+    if (a->macs != NULL) {
+        if (kv_ok(hsm_mac_session_many(a->macs, hashes, n, 32, macs))) return KV_SUCCESS;
+        kv_log_error_record(KV_LOG_WARN, "MACs on the audit writer's token session");
+        hsm_mac_session_close(a->macs);
+        a->macs = NULL;
+    }
+    return hsm_hmac_sha256_many(a->v->hsm, &a->hmac_id, hashes, n, 32, macs);
+}
+
+/* Folds journal records into the chain, with the journal position they
+ * reach, in one transaction (only audit tables: no change record). */
+static kv_result audit_fold_update(store_txn *t, void *arg)
+{
+    audit_fold_ctx *c = arg;
     uint64_t seq;
     uint8_t prev[32];
     KV_GUARD(vault_audit_head(t, &seq, prev));
     size_t n = 0;
-    for (audit_pending *p = c->batch; p != NULL; p = p->next)
+    for (const audit_pending *p = c->batch; p != NULL; p = p->next)
         n++;
-    /* Hashes first (the chain), then every MAC with one token session: the
-     * writer queues for a session once per batch, not once per record,
-     * behind the unwraps that keep the pool busy. */
+    char mark[48];
+    snprintf(mark, sizeof(mark), "%016" PRIx64 ":%" PRIu64, c->mark_gen, c->mark_frame);
+    if (n == 0) return store_raw_put(t, STORE_AUDIT_STATE, AUDIT_JOURNAL_MARK, mark);
+    /* Hashes first (the chain), then every MAC in one go. */
     uint8_t(*hashes)[32] = malloc(n * 2 * 32);
     KV_ENSURE(hashes != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory writing audit records");
     uint8_t(*macs)[32] = hashes + n;
@@ -338,18 +378,28 @@ static kv_result audit_batch_update(store_txn *t, void *arg)
     uint8_t link[32];
     memcpy(link, prev, 32);
     size_t i = 0;
-    for (audit_pending *p = c->batch; p != NULL; p = p->next, i++) {
+    for (const audit_pending *p = c->batch; p != NULL; p = p->next, i++) {
         kv_audit_record_hash(link, ++s, p->event, p->len, hashes[i]);
         memcpy(link, hashes[i], 32);
     }
-    kv_result r =
-        hsm_hmac_sha256_many(c->a->v->hsm, &c->a->hmac_id, &hashes[0][0], n, 32, &macs[0][0]);
+    kv_result r = audit_macs(c->a, &hashes[0][0], n, &macs[0][0]);
     i = 0;
-    for (audit_pending *p = c->batch; kv_ok(r) && p != NULL; p = p->next, i++)
+    for (const audit_pending *p = c->batch; kv_ok(r) && p != NULL; p = p->next, i++)
         r = audit_put_entry(t, seq + 1 + i, p->event, p->len, i == 0 ? prev : hashes[i - 1],
                             hashes[i], macs[i]);
     free(hashes);
+    if (kv_ok(r)) r = store_raw_put(t, STORE_AUDIT_STATE, AUDIT_JOURNAL_MARK, mark);
     return r;
+}
+
+static void audit_pending_free(audit_pending *p)
+{
+    while (p != NULL) {
+        audit_pending *next = p->next;
+        OPENSSL_cleanse(p->event, p->len);
+        free(p);
+        p = next;
+    }
 }
 
 /* ---- checkpoints ---- */
@@ -454,7 +504,94 @@ static kv_result audit_anchor_read(vault_audit *a, uint64_t *seq, uint8_t head[3
     return KV_SUCCESS;
 }
 
-/* ---- the group-commit writer ---- */
+/* ---- the journal and its writer ---- */
+
+/* Marks the log broken (under mu): from now on every call is refused. */
+static void audit_break(vault_audit *a, const char *what)
+{
+    kv_log_error_record(KV_LOG_ERROR, what);
+    if (!a->broken) {
+        kv_error_context("%s", what);
+        kv_error_save(&a->broken_err);
+    }
+    a->broken = true;
+    pthread_cond_broadcast(&a->synced);
+}
+
+static kv_result audit_new_generation(uint64_t *gen)
+{
+    KV_ENSURE(RAND_bytes((unsigned char *)gen, sizeof(*gen)) == 1, KV_ERR_INTERNAL,
+              "no randomness for the audit journal");
+    return KV_SUCCESS;
+}
+
+/* Starts generation gen over the whole journal (under mu, every frame
+ * folded, the store's mark already at gen:0): frames of the old generation
+ * no longer count.  The header needs no sync of its own: the next fdatasync
+ * covers it, and until then the old header names a generation the mark no
+ * longer has, whose frames recovery ignores. */
+static kv_result audit_journal_reset(vault_audit *a, uint64_t gen)
+{
+    uint8_t h[KV_AJ_HEADER];
+    kv_aj_header(gen, h);
+    KV_ENSURE(pwrite(a->jfd, h, sizeof(h), 0) == (ssize_t)sizeof(h), KV_ERR_UNAVAILABLE,
+              "cannot write the audit journal: %s", strerror(errno));
+    a->jgen = gen;
+    a->jtail = KV_AJ_HEADER;
+    a->jnext = 1;
+    a->jsynced = 0;
+    return KV_SUCCESS;
+}
+
+/* One round of the writer (mu held on entry and exit): fdatasync the
+ * journal, wake the callers waiting for it, fold what it holds into the
+ * chain.  When the journal is half full the round keeps mu throughout and
+ * ends with a reset (appends wait a few milliseconds). */
+static void audit_round(vault_audit *a)
+{
+    bool reset = a->jtail > a->jcap / 2;
+    audit_pending *batch = a->head;
+    a->head = a->tail = NULL;
+    uint64_t upto = a->jnext - 1, gen = a->jgen, ticket = a->rounds_asked;
+    /* Once broken, nothing more is folded: the mark must not pass the batch
+     * that failed, whose frames the next start folds from the journal. */
+    bool broken = a->broken;
+    if (!reset) pthread_mutex_unlock(&a->mu);
+    int rc = fdatasync(a->jfd);
+    int e = errno;
+    if (!reset) pthread_mutex_lock(&a->mu);
+    if (rc == 0 && gen == a->jgen && upto > a->jsynced) a->jsynced = upto;
+    pthread_cond_broadcast(&a->synced);
+    if (!reset) pthread_mutex_unlock(&a->mu);
+    kv_result r = KV_SUCCESS;
+    audit_fold_ctx c = {.a = a, .batch = batch, .mark_gen = gen};
+    for (const audit_pending *p = batch; p != NULL; p = p->next)
+        c.mark_frame = p->number;
+    if (rc != 0)
+        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__,
+                         "cannot sync the audit journal: %s", strerror(e));
+    else if (reset && kv_ok(r = audit_new_generation(&c.mark_gen)))
+        c.mark_frame = 0;
+    if (kv_ok(r) && !broken && (batch != NULL || reset))
+        r = store_update(a->v->store, audit_fold_update, &c);
+    audit_pending_free(batch);
+    if (!reset) pthread_mutex_lock(&a->mu);
+    if (kv_failed(r))
+        audit_break(a, "the audit journal could not be synced or folded into the log (its "
+                       "records stay in the journal for the next start)");
+    else if (reset && !broken && kv_failed(audit_journal_reset(a, c.mark_gen)))
+        audit_break(a, "the audit journal could not be reset");
+    a->rounds_done = ticket;
+    pthread_cond_broadcast(&a->synced);
+}
+
+static void audit_deadline(struct timespec *ts, unsigned ms)
+{
+    clock_gettime(CLOCK_REALTIME, ts);
+    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+    ts->tv_sec += ms / 1000 + ts->tv_nsec / 1000000000L;
+    ts->tv_nsec %= 1000000000L;
+}
 
 static void *audit_writer_main(void *arg)
 {
@@ -462,64 +599,155 @@ static void *audit_writer_main(void *arg)
     vault_audit_task("audit-writer");
     pthread_mutex_lock(&a->mu);
     for (;;) {
-        while (a->head == NULL && !a->stop)
+        while (a->head == NULL && !a->stop && a->rounds_asked == a->rounds_done)
             pthread_cond_wait(&a->work, &a->mu);
-        if (a->head == NULL && a->stop) break;
-        audit_pending *batch = a->head;
-        a->head = a->tail = NULL;
-        a->n_pending = 0;
-        pthread_mutex_unlock(&a->mu);
-        audit_batch_ctx c = {.a = a, .batch = batch};
-        kv_result r = store_update(a->v->store, audit_batch_update, &c);
-        kv_error_record err;
-        if (kv_failed(r)) {
-            kv_log_error_record(KV_LOG_ERROR, "writing audit records");
-            kv_error_save(&err);
+        if (a->head == NULL && a->stop && a->rounds_asked == a->rounds_done) break;
+        /* Gather for sync_ms (sync_ms 0: the syncer makes frames durable,
+         * the writer folds every AUDIT_FOLD_MS) unless someone waits for a
+         * round. */
+        if (!a->stop && a->rounds_asked == a->rounds_done) {
+            struct timespec dl;
+            audit_deadline(&dl, a->sync_ms > 0 ? a->sync_ms : AUDIT_FOLD_MS);
+            while (!a->stop && a->rounds_asked == a->rounds_done &&
+                   pthread_cond_timedwait(&a->work, &a->mu, &dl) == 0) {
+            }
         }
-        pthread_mutex_lock(&a->mu);
-        for (audit_pending *p = batch; p != NULL;) {
-            audit_pending *next = p->next;
-            p->failed = kv_failed(r);
-            if (p->failed) p->err = err;
-            p->done = true;
-            pthread_cond_signal(&p->cv);
-            p = next;
+        bool folded = a->head != NULL;
+        audit_round(a);
+        if (folded && !a->broken) {
+            pthread_mutex_unlock(&a->mu);
+            if (kv_failed(audit_seal(a, false)))
+                kv_log_error_record(KV_LOG_ERROR, "writing an audit checkpoint");
+            pthread_mutex_lock(&a->mu);
         }
-        pthread_mutex_unlock(&a->mu);
-        if (kv_ok(r) && kv_failed(audit_seal(a, false)))
-            kv_log_error_record(KV_LOG_ERROR, "writing an audit checkpoint");
-        pthread_mutex_lock(&a->mu);
     }
     pthread_mutex_unlock(&a->mu);
     return NULL;
 }
 
-/* Appends a result record and waits until it is durable. */
-static kv_result audit_append_wait(vault_audit *a, uint8_t *ev, size_t n)
+/* sync_ms 0: makes appended frames durable as soon as they are written, apart
+ * from the fold, so that no caller waits for an LMDB commit.  Group commit:
+ * one fdatasync covers every frame appended while the previous one ran. */
+static void *audit_syncer_main(void *arg)
 {
-    audit_pending p = {.event = ev, .len = n, .cv = PTHREAD_COND_INITIALIZER};
+    vault_audit *a = arg;
     pthread_mutex_lock(&a->mu);
-    if (a->stop) {
+    for (;;) {
+        while (!a->stop && !a->broken && a->jsynced + 1 >= a->jnext)
+            pthread_cond_wait(&a->unsynced, &a->mu);
+        /* On stop the writer's last rounds sync whatever is left. */
+        if (a->stop || a->broken) break;
+        uint64_t upto = a->jnext - 1, gen = a->jgen;
         pthread_mutex_unlock(&a->mu);
-        pthread_cond_destroy(&p.cv);
-        KV_BAIL(KV_ERR_UNAVAILABLE, "the audit log is closed (vaultd is shutting down)");
+        int rc = fdatasync(a->jfd);
+        int e = errno;
+        pthread_mutex_lock(&a->mu);
+        if (rc != 0) {
+            kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__,
+                         "cannot sync the audit journal: %s", strerror(e));
+            audit_break(a, "the audit journal could not be synced (its records stay in the "
+                           "journal for the next start)");
+            break;
+        }
+        /* A reset meanwhile folded these frames and renumbered the journal. */
+        if (gen == a->jgen && upto > a->jsynced) a->jsynced = upto;
+        pthread_cond_broadcast(&a->synced);
     }
-    if (a->tail != NULL)
-        a->tail->next = &p;
-    else
-        a->head = &p;
-    a->tail = &p;
-    a->n_pending++;
-    pthread_cond_signal(&a->work);
-    while (!p.done)
-        pthread_cond_wait(&p.cv, &a->mu);
     pthread_mutex_unlock(&a->mu);
-    pthread_cond_destroy(&p.cv);
-    if (p.failed) {
-        kv_error_restore(&p.err);
+    return NULL;
+}
+
+/* Asks the writer for a round and waits for it (mu held): every record
+ * appended before is then durable and folded. */
+static kv_result audit_round_wait(vault_audit *a)
+{
+    uint64_t ticket = ++a->rounds_asked;
+    pthread_cond_signal(&a->work);
+    while (a->rounds_done < ticket && !a->broken)
+        pthread_cond_wait(&a->synced, &a->mu);
+    if (a->broken) {
+        kv_error_restore(&a->broken_err);
         return KV_FAILURE;
     }
     return KV_SUCCESS;
+}
+
+/* Every result record written so far, folded into the chain (for readers). */
+kv_result vault_audit_flush(vault *v)
+{
+    vault_audit *a = v->audit;
+    KV_ENSURE(a != NULL, KV_ERR_FAILED_PRECONDITION,
+              "the audit log is off in this vaultd (--no-audit-log)");
+    pthread_mutex_lock(&a->mu);
+    kv_result r = a->writer_running && !a->stop ? audit_round_wait(a) : KV_SUCCESS;
+    pthread_mutex_unlock(&a->mu);
+    return r;
+}
+
+/* Appends a result record to the journal before the call's reply (one
+ * pwrite: it survives a crash of vaultd at once), and with sync_ms 0 waits
+ * for the fdatasync that makes it survive power loss too. */
+static kv_result audit_append(vault_audit *a, const uint8_t *ev, size_t n)
+{
+    KV_ENSURE(n > 0 && n <= KV_AUDIT_EVENT_MAX, KV_ERR_INTERNAL, "audit event of %zu bytes", n);
+    audit_pending *p = malloc(sizeof(*p) + n);
+    uint8_t *frame = malloc(KV_AJ_FRAME_HEADER + n);
+    kv_result r = KV_SUCCESS;
+    KV_ENSURE_GOTO(p != NULL && frame != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
+                   "out of memory writing an audit record");
+    memcpy(p->event, ev, n);
+    p->len = n;
+    p->next = NULL;
+    pthread_mutex_lock(&a->mu);
+    while (!a->broken && !a->stop && a->jtail + KV_AJ_FRAME_HEADER + n > a->jcap)
+        (void)audit_round_wait(a); /* full: the round resets it */
+    if (a->stop && !a->broken) {
+        pthread_mutex_unlock(&a->mu);
+        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__,
+                         "the audit log is closed (vaultd is shutting down)");
+        goto out;
+    }
+    if (a->broken) {
+        kv_error_restore(&a->broken_err);
+        pthread_mutex_unlock(&a->mu);
+        r = KV_FAILURE;
+        goto out;
+    }
+    p->number = a->jnext;
+    size_t len = kv_aj_frame(a->jgen, p->number, ev, n, frame);
+    ssize_t w = len > 0 ? pwrite(a->jfd, frame, len, (off_t)a->jtail) : -1;
+    if (w != (ssize_t)len || len == 0) {
+        kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot write the audit journal: %s",
+                     w < 0 ? strerror(errno) : "short write");
+        audit_break(a, "appending to the audit journal");
+        kv_error_restore(&a->broken_err);
+        pthread_mutex_unlock(&a->mu);
+        r = KV_FAILURE;
+        goto out;
+    }
+    a->jtail += len;
+    a->jnext++;
+    bool was_idle = a->head == NULL;
+    if (a->tail != NULL)
+        a->tail->next = p;
+    else
+        a->head = p;
+    a->tail = p;
+    uint64_t gen = a->jgen, number = p->number;
+    p = NULL; /* the writer's now */
+    if (was_idle) pthread_cond_signal(&a->work);
+    if (a->sync_ms == 0) pthread_cond_signal(&a->unsynced);
+    while (a->sync_ms == 0 && !a->broken && a->jgen == gen && a->jsynced < number)
+        pthread_cond_wait(&a->synced, &a->mu);
+    if (a->sync_ms == 0 && a->broken) {
+        kv_error_restore(&a->broken_err);
+        r = KV_FAILURE;
+    }
+    pthread_mutex_unlock(&a->mu);
+out:
+    free(frame);
+    free(p);
+    return r;
 }
 
 kv_result vault_audit_around(void *app, rpc_handler_fn fn, const rpc_ctx *ctx, const uint8_t *req,
@@ -548,7 +776,9 @@ kv_result vault_audit_around(void *app, rpc_handler_fn fn, const rpc_ctx *ctx, c
     uint8_t *ev = NULL;
     size_t n = 0;
     kv_result ar = audit_event_pack(&c, "result", 0, code, kv_failed(r) ? err.msg : "", &ev, &n);
-    if (kv_ok(ar)) ar = audit_append_wait(a, ev, n);
+    if (kv_ok(ar)) ar = audit_append(a, ev, n);
+    /* Test hook: the result record in the journal, not yet in the log. */
+    if (kv_ok(ar)) vault_test_crash_point(v, "audit-journal-appended");
     kv_pb_buf_free(ev, n);
     if (kv_failed(ar)) {
         /* Fail closed: no reply leaves without its record. */
@@ -635,17 +865,221 @@ static kv_result audit_keys_ensure(vault_audit *a)
     return KV_SUCCESS;
 }
 
-kv_result vault_audit_open(vault *v, unsigned checkpoint_every)
+/* ---- start-up: the journal ---- */
+
+typedef struct {
+    audit_pending *head, *tail;
+    uint64_t skip; /* frames already folded */
+    size_t n;
+} audit_recover_ctx;
+
+static kv_result audit_recover_one(void *arg, uint64_t number, const uint8_t *ev, size_t n)
+{
+    audit_recover_ctx *c = arg;
+    if (number <= c->skip) return KV_SUCCESS;
+    audit_pending *p = malloc(sizeof(*p) + n);
+    KV_ENSURE(p != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory reading the audit journal");
+    memcpy(p->event, ev, n);
+    p->len = n;
+    p->number = number;
+    p->next = NULL;
+    if (c->tail != NULL)
+        c->tail->next = p;
+    else
+        c->head = p;
+    c->tail = p;
+    c->n++;
+    return KV_SUCCESS;
+}
+
+/* How far the journal was folded: the generation and the last frame. */
+static kv_result audit_journal_mark(vault *v, bool *have, uint64_t *gen, uint64_t *folded)
+{
+    char mark[48];
+    store_txn *t;
+    *have = false;
+    KV_GUARD(store_read_begin(v->store, &t));
+    kv_result r = store_raw_get(t, STORE_AUDIT_STATE, AUDIT_JOURNAL_MARK, mark, sizeof(mark));
+    kv_code code = kv_error_code();
+    store_read_end(t);
+    if (kv_failed(r)) {
+        if (code != KV_ERR_NOT_FOUND) return r;
+        kv_error_clear();
+        return KV_SUCCESS;
+    }
+    KV_ENSURE(sscanf(mark, "%16" SCNx64 ":%" SCNu64, gen, folded) == 2, KV_ERR_DATA_LOSS,
+              "the store's audit journal mark '%.40s' is malformed", mark);
+    *have = true;
+    return KV_SUCCESS;
+}
+
+/* Folds what a journal left by an unclean stop holds beyond the mark. */
+static kv_result audit_journal_recover(vault_audit *a, int fd, const char *path)
+{
+    bool have = false;
+    uint64_t mark_gen = 0, folded = 0;
+    KV_GUARD(audit_journal_mark(a->v, &have, &mark_gen, &folded));
+    struct stat st;
+    KV_ENSURE(fstat(fd, &st) == 0, KV_ERR_UNAVAILABLE, "cannot stat %s: %s", path, strerror(errno));
+    KV_ENSURE(st.st_size >= 0 && st.st_size <= (off_t)(16 * AUDIT_JOURNAL_BYTES), KV_ERR_DATA_LOSS,
+              "%s is %lld bytes: not an audit journal", path, (long long)st.st_size);
+    size_t len = (size_t)st.st_size;
+    uint8_t *buf = malloc(len ? len : 1);
+    KV_ENSURE(buf != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory reading %s", path);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, buf + got, len - got, (off_t)got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    kv_result r = KV_SUCCESS;
+    uint64_t gen = 0, frames = 0;
+    size_t end = 0;
+    audit_recover_ctx c = {0};
+    if (got != len) {
+        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot read %s", path);
+    } else if (kv_failed(kv_aj_header_parse(buf, len, &gen))) {
+        /* Written only at creation and at resets, after every frame was
+         * folded: nothing in it is lost, but say so. */
+        KV_LOG_ERROR("audit log: %s has no valid header (%s); it is replaced", path,
+                     kv_error_msg());
+        kv_error_clear();
+    } else {
+        /* Only the generation the store's mark names continues this log:
+         * another one was reset past (or belongs to another copy of the
+         * store, e.g. one restored from a backup). */
+        c.skip = folded;
+        r = kv_aj_scan(buf, len, &gen, have && gen == mark_gen ? audit_recover_one : NULL, &c, &end,
+                       &frames);
+        if (kv_ok(r) && (!have || gen != mark_gen) && frames > 0)
+            KV_LOG_ERROR("audit log: %s holds %" PRIu64 " records of journal generation %016" PRIx64
+                         ", which this store's log does not continue (its mark: %s); they are "
+                         "not folded",
+                         path, frames, gen, have ? "another generation" : "none");
+    }
+    free(buf);
+    if (kv_ok(r) && c.head != NULL) {
+        audit_fold_ctx fc = {
+            .a = a, .batch = c.head, .mark_gen = gen, .mark_frame = c.tail->number};
+        r = store_update(a->v->store, audit_fold_update, &fc);
+        if (kv_ok(r))
+            KV_LOG_WARN("audit log: folded %zu result records from the journal into the log "
+                        "(vaultd had stopped without closing it)",
+                        c.n);
+    }
+    audit_pending_free(c.head);
+    return r;
+}
+
+/* A journal file of bytes written with zeros (so that appends
+ * and fdatasync never change its size or allocation), made durable. */
+static kv_result audit_journal_create(const char *path, size_t bytes, int *out)
+{
+    char tmp[PATH_MAX + 8];
+    KV_ENSURE(snprintf(tmp, sizeof(tmp), "%s.new", path) < (int)sizeof(tmp),
+              KV_ERR_INVALID_ARGUMENT, "path too long: %s", path);
+    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    KV_ENSURE(fd >= 0, KV_ERR_UNAVAILABLE, "cannot create %s: %s", tmp, strerror(errno));
+    static const uint8_t zeros[65536];
+    kv_result r = KV_SUCCESS;
+    for (size_t at = 0; kv_ok(r) && at < bytes; at += sizeof(zeros)) {
+        size_t n = bytes - at < sizeof(zeros) ? bytes - at : sizeof(zeros);
+        if (pwrite(fd, zeros, n, (off_t)at) != (ssize_t)n)
+            r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot write %s: %s", tmp,
+                             strerror(errno));
+    }
+    if (kv_ok(r) && fdatasync(fd) != 0)
+        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot sync %s: %s", tmp,
+                         strerror(errno));
+    if (kv_ok(r) && rename(tmp, path) != 0)
+        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot rename %s: %s", tmp,
+                         strerror(errno));
+    if (kv_failed(r)) {
+        close(fd);
+        unlink(tmp);
+        return r;
+    }
+    char dir[PATH_MAX + 8];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL) *slash = '\0';
+    int dfd = open(slash != NULL ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    bool synced = dfd >= 0 && fsync(dfd) == 0;
+    if (dfd >= 0) close(dfd);
+    if (!synced) {
+        close(fd);
+        KV_BAIL(KV_ERR_UNAVAILABLE, "cannot sync the directory of %s", path);
+    }
+    *out = fd;
+    return KV_SUCCESS;
+}
+
+/* Opens the journal: folds what an unclean stop left in it, then starts a
+ * new generation. */
+static kv_result audit_journal_open(vault_audit *a, const char *path, size_t bytes)
+{
+    a->jcap = bytes;
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    KV_ENSURE(fd >= 0 || errno == ENOENT, KV_ERR_UNAVAILABLE, "cannot open %s: %s", path,
+              strerror(errno));
+    if (fd >= 0) {
+        kv_result r = audit_journal_recover(a, fd, path);
+        struct stat st;
+        if (kv_ok(r) && (fstat(fd, &st) != 0 || st.st_size != (off_t)a->jcap)) {
+            close(fd);
+            fd = -1;
+        }
+        if (kv_failed(r)) {
+            close(fd);
+            kv_error_context("recovering the audit journal %s", path);
+            return r;
+        }
+    }
+    if (fd < 0) KV_GUARD(audit_journal_create(path, a->jcap, &fd));
+    a->jfd = fd;
+    audit_fold_ctx mark = {.a = a};
+    KV_GUARD(audit_new_generation(&mark.mark_gen));
+    KV_GUARD(store_update(a->v->store, audit_fold_update, &mark));
+    KV_GUARD(audit_journal_reset(a, mark.mark_gen));
+    KV_ENSURE(fdatasync(fd) == 0, KV_ERR_UNAVAILABLE, "cannot sync %s: %s", path, strerror(errno));
+    return KV_SUCCESS;
+}
+
+/* The writer's last rounds fold whatever is pending. */
+static void audit_threads_stop(vault_audit *a)
+{
+    pthread_mutex_lock(&a->mu);
+    a->stop = true;
+    pthread_cond_signal(&a->work);
+    pthread_cond_signal(&a->unsynced);
+    pthread_mutex_unlock(&a->mu);
+    if (a->syncer_running) pthread_join(a->syncer, NULL);
+    if (a->writer_running) pthread_join(a->writer, NULL);
+    a->syncer_running = a->writer_running = false;
+}
+
+kv_result vault_audit_open(vault *v, const vault_audit_config *cfg)
 {
     vault_audit *a = calloc(1, sizeof(*a));
     KV_ENSURE(a != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory");
     a->v = v;
-    a->checkpoint_every = checkpoint_every > 0 ? checkpoint_every : VAULT_AUDIT_CHECKPOINT_EVERY;
+    a->jfd = -1;
+    a->checkpoint_every =
+        cfg->checkpoint_every > 0 ? cfg->checkpoint_every : VAULT_AUDIT_CHECKPOINT_EVERY;
+    a->sync_ms = cfg->sync_ms;
     atomic_init(&a->next_call_id, (uint64_t)kv_clock_now_ms() << 16);
     pthread_mutex_init(&a->mu, NULL);
     pthread_mutex_init(&a->seal_mu, NULL);
     pthread_cond_init(&a->work, NULL);
+    pthread_cond_init(&a->synced, NULL);
+    pthread_cond_init(&a->unsynced, NULL);
     kv_result r = audit_keys_ensure(a);
+    size_t jbytes = cfg->journal_bytes ? cfg->journal_bytes : AUDIT_JOURNAL_BYTES;
+    if (kv_ok(r) && (jbytes < 16384 || jbytes > 16 * AUDIT_JOURNAL_BYTES))
+        r = kv_error_set(KV_ERR_INVALID_ARGUMENT, __FILE__, __LINE__,
+                         "audit journal of %zu bytes: 16 KiB to 64 MiB", jbytes);
+    if (kv_ok(r)) r = audit_journal_open(a, cfg->journal_path, jbytes);
     uint8_t anchor_head[32];
     if (kv_ok(r)) r = audit_anchor_read(a, &a->anchored, anchor_head);
     if (kv_ok(r) && a->anchored > 0) {
@@ -671,15 +1105,28 @@ kv_result vault_audit_open(vault *v, unsigned checkpoint_every)
     if (kv_ok(r) && pthread_create(&a->writer, NULL, audit_writer_main, a) != 0)
         r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__,
                          "cannot start the audit writer thread");
+    else if (kv_ok(r))
+        a->writer_running = true;
+    if (kv_ok(r) && a->sync_ms == 0) {
+        if (pthread_create(&a->syncer, NULL, audit_syncer_main, a) != 0)
+            r = kv_error_set(KV_ERR_RESOURCE_EXHAUSTED, __FILE__, __LINE__,
+                             "cannot start the audit journal syncer thread");
+        else
+            a->syncer_running = true;
+    }
     if (kv_failed(r)) {
+        audit_threads_stop(a);
         kv_error_context("opening the audit log");
+        if (a->jfd >= 0) close(a->jfd);
+        hsm_mac_session_close(a->macs);
         pthread_mutex_destroy(&a->mu);
         pthread_mutex_destroy(&a->seal_mu);
         pthread_cond_destroy(&a->work);
+        pthread_cond_destroy(&a->synced);
+        pthread_cond_destroy(&a->unsynced);
         free(a);
         return r;
     }
-    a->writer_running = true;
     v->audit = a;
     store_set_commit_hook(v->store, audit_commit_hook, a);
     return KV_SUCCESS;
@@ -689,20 +1136,21 @@ void vault_audit_close(vault *v)
 {
     vault_audit *a = v->audit;
     if (a == NULL) return;
-    pthread_mutex_lock(&a->mu);
-    a->stop = true;
-    pthread_cond_signal(&a->work);
-    pthread_mutex_unlock(&a->mu);
-    if (a->writer_running) pthread_join(a->writer, NULL);
+    audit_threads_stop(a);
     vault_audit_task("shutdown");
     /* The shutdown checkpoint seals every record written. */
     if (kv_failed(audit_seal(a, true)))
         kv_log_error_record(KV_LOG_ERROR, "writing the shutdown audit checkpoint");
     store_set_commit_hook(v->store, NULL, NULL);
     v->audit = NULL;
+    audit_pending_free(a->head); /* only after a failure: they stay in the journal */
+    if (a->jfd >= 0) close(a->jfd);
+    hsm_mac_session_close(a->macs);
     pthread_mutex_destroy(&a->mu);
     pthread_mutex_destroy(&a->seal_mu);
     pthread_cond_destroy(&a->work);
+    pthread_cond_destroy(&a->synced);
+    pthread_cond_destroy(&a->unsynced);
     free(a);
 }
 
@@ -710,8 +1158,7 @@ void vault_audit_close(vault *v)
 
 kv_result vault_audit_seal(vault *v)
 {
-    KV_ENSURE(v->audit != NULL, KV_ERR_FAILED_PRECONDITION,
-              "the audit log is off in this vaultd (--no-audit-log)");
+    KV_GUARD(vault_audit_flush(v));
     return audit_seal(v->audit, true);
 }
 

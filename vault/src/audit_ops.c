@@ -136,6 +136,7 @@ static kv_result vault_rpc_read_log_impl(vault *v, const rpc_ctx *ctx,
                                          const Hsmvault__V1__ReadLogRequest *req, rpc_reply *reply)
 {
     KV_GUARD(audit_authorize(v, ctx, "read the audit log"));
+    KV_GUARD(vault_audit_flush(v)); /* result records still in the journal too */
     KV_ENSURE(req->limit <= AUDIT_READ_MAX, KV_ERR_INVALID_ARGUMENT,
               "limit %u is above %u; page with after_seq", req->limit, AUDIT_READ_MAX);
     KV_ENSURE(req->until_ms == 0 || req->since_ms <= req->until_ms, KV_ERR_INVALID_ARGUMENT,

@@ -26,8 +26,8 @@
 #define STORE_SCHEMA_VERSION "1"
 
 static const char *const store_table_names[STORE_TABLE_COUNT] = {
-    "tenants", "keys",   "environments", "databases", "principals",
-    "meta",    "outbox", "import_keys",  "audit_log", "audit_checkpoints",
+    "tenants", "keys",        "environments", "databases",         "principals",  "meta",
+    "outbox",  "import_keys", "audit_log",    "audit_checkpoints", "audit_state",
 };
 
 static size_t store_initial_map = 64u << 20;
@@ -51,7 +51,8 @@ struct store_txn {
     unsigned touched; /* 1u << table for every table written */
 };
 
-#define STORE_AUDIT_TABLES ((1u << STORE_AUDIT_LOG) | (1u << STORE_AUDIT_CHECKPOINTS))
+#define STORE_AUDIT_TABLES                                                                         \
+    ((1u << STORE_AUDIT_LOG) | (1u << STORE_AUDIT_CHECKPOINTS) | (1u << STORE_AUDIT_STATE))
 
 void store_set_commit_hook(vault_store *s, store_commit_hook_fn fn, void *arg)
 {
@@ -386,31 +387,44 @@ kv_result store_last(store_txn *t, store_table table, char *key, size_t cap,
     return r;
 }
 
-kv_result store_meta_get(store_txn *t, const char *key, char *out, size_t cap)
+kv_result store_raw_get(store_txn *t, store_table table, const char *key, char *out, size_t cap)
 {
     MDB_val k, v;
+    KV_ENSURE((unsigned)table < STORE_TABLE_COUNT, KV_ERR_INTERNAL, "no table %d", (int)table);
     KV_GUARD(store_key(key, &k));
-    int rc = mdb_get(t->txn, t->store->dbi[STORE_META], &k, &v);
-    if (rc == MDB_NOTFOUND) KV_BAIL(KV_ERR_NOT_FOUND, "meta has no record %s", key);
+    int rc = mdb_get(t->txn, t->store->dbi[table], &k, &v);
+    if (rc == MDB_NOTFOUND)
+        KV_BAIL(KV_ERR_NOT_FOUND, "%s has no record %s", store_table_names[table], key);
     if (rc != 0) return store_mdb_error(rc, "reading");
-    KV_ENSURE(v.mv_size < cap, KV_ERR_DATA_LOSS, "vault store: meta %s is %zu bytes", key,
-              v.mv_size);
+    KV_ENSURE(v.mv_size < cap, KV_ERR_DATA_LOSS, "vault store: %s %s is %zu bytes",
+              store_table_names[table], key, v.mv_size);
     memcpy(out, v.mv_data, v.mv_size);
     out[v.mv_size] = '\0';
     return KV_SUCCESS;
 }
 
-kv_result store_meta_put(store_txn *t, const char *key, const char *value)
+kv_result store_raw_put(store_txn *t, store_table table, const char *key, const char *value)
 {
     MDB_val k, v;
+    KV_ENSURE((unsigned)table < STORE_TABLE_COUNT, KV_ERR_INTERNAL, "no table %d", (int)table);
     KV_GUARD(store_key(key, &k));
     v.mv_size = strlen(value);
     v.mv_data = (void *)(uintptr_t)value;
-    int rc = mdb_put(t->txn, t->store->dbi[STORE_META], &k, &v, 0);
+    int rc = mdb_put(t->txn, t->store->dbi[table], &k, &v, 0);
     if (rc == MDB_MAP_FULL) t->map_full = 1;
-    t->touched |= 1u << STORE_META;
+    t->touched |= 1u << table;
     if (rc != 0) return store_mdb_error(rc, "writing");
     return KV_SUCCESS;
+}
+
+kv_result store_meta_get(store_txn *t, const char *key, char *out, size_t cap)
+{
+    return store_raw_get(t, STORE_META, key, out, cap);
+}
+
+kv_result store_meta_put(store_txn *t, const char *key, const char *value)
+{
+    return store_raw_put(t, STORE_META, key, value);
 }
 
 typedef struct {

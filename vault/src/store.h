@@ -38,6 +38,7 @@ typedef enum {
     STORE_IMPORT_KEYS,       /* <subscription_id>/<version %010u>: ImportKeyRecord (BYOK) */
     STORE_AUDIT_LOG,         /* <seq %020llu>: AuditEntry */
     STORE_AUDIT_CHECKPOINTS, /* <seq %020llu>: AuditCheckpointRecord */
+    STORE_AUDIT_STATE,       /* raw: "journal" = "<generation hex>:<records folded>" */
     STORE_TABLE_COUNT
 } store_table;
 
@@ -106,7 +107,10 @@ KV_RESULT store_last(store_txn *t, store_table table, char *key, size_t cap,
 KV_RESULT store_scan_from(store_txn *t, store_table table, const char *from,
                           const ProtobufCMessageDescriptor *desc, store_scan_fn fn, void *ctx);
 
-/* Raw values for the meta table. */
+/* Raw string values (the meta and audit_state tables): out gets the value
+ * NUL-terminated; DATA_LOSS if it does not fit in cap. */
+KV_RESULT store_raw_get(store_txn *t, store_table table, const char *key, char *out, size_t cap);
+KV_RESULT store_raw_put(store_txn *t, store_table table, const char *key, const char *value);
 KV_RESULT store_meta_get(store_txn *t, const char *key, char *out, size_t cap);
 KV_RESULT store_meta_put(store_txn *t, const char *key, const char *value);
 

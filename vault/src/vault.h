@@ -165,9 +165,20 @@ KV_RESULT vault_bind_role(vault *v, const char *principal, Hsmvault__V1__Role ro
 
 /* ---- audit log (audit.c, audit_ops.c; docs/audit.md) ---- */
 #define VAULT_AUDIT_CHECKPOINT_EVERY 1000 /* records between signed checkpoints */
+#define VAULT_AUDIT_SYNC_MS 10 /* default longest wait before result records are fdatasync'd */
+typedef struct {
+    unsigned checkpoint_every; /* 0: VAULT_AUDIT_CHECKPOINT_EVERY */
+    unsigned sync_ms;          /* 0: each call waits for the fdatasync of its result record */
+    const char *journal_path;  /* <store>/audit.journal */
+    size_t journal_bytes;      /* 0: the default (4 MiB); tests shrink it to force resets */
+} vault_audit_config;
 /* Creates the audit keys at first start (token objects, then the meta ids),
- * starts the group-commit writer and hooks every store transaction. */
-KV_RESULT vault_audit_open(vault *v, unsigned checkpoint_every);
+ * folds into the log what an unclean stop left in the journal, starts the
+ * journal writer and hooks every store transaction. */
+KV_RESULT vault_audit_open(vault *v, const vault_audit_config *cfg);
+/* Every result record written so far, made durable and folded into the
+ * log (readers call it first). */
+KV_RESULT vault_audit_flush(vault *v);
 /* Stops the writer and writes the shutdown checkpoint. */
 void vault_audit_close(vault *v);
 /* rpc_around_fn: records every call's result (fail closed). */
@@ -178,6 +189,7 @@ void vault_audit_note_role(unsigned role);
 /* Names the internal work of this thread for records of changes outside an
  * RPC ("sweep", "startup"); NULL: "background". */
 void vault_audit_task(const char *task);
+/* Flushes, then writes a checkpoint over every record. */
 KV_RESULT vault_audit_seal(vault *v);
 /* The audit tables' key of seq (20 decimal digits). */
 void vault_audit_seq_key(uint64_t seq, char out[24]);

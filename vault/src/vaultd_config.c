@@ -28,6 +28,7 @@ void vaultd_config_defaults(vaultd_config *c)
     c->locked_environment_retention = 28 * 86400;
     c->import_key_validity = 7 * 86400;
     c->audit_checkpoint_every = 1000;
+    c->audit_sync_ms = 10; /* VAULT_AUDIT_SYNC_MS */
 }
 
 static kv_result vaultd_config_set(const char *key, const char *value, void *arg)
@@ -91,6 +92,11 @@ static kv_result vaultd_config_set(const char *key, const char *value, void *arg
     if (strcmp(key, "audit_checkpoint_every") == 0) {
         KV_GUARD(kv_config_uint(key, value, 1, 1000000, &n));
         c->audit_checkpoint_every = (unsigned)n;
+        return KV_SUCCESS;
+    }
+    if (strcmp(key, "audit_sync_ms") == 0) {
+        KV_GUARD(kv_config_uint(key, value, 0, 1000, &n));
+        c->audit_sync_ms = (unsigned)n;
         return KV_SUCCESS;
     }
     if (strcmp(key, "max_message") == 0) {

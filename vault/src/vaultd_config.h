@@ -36,6 +36,7 @@ typedef struct {
                                 back */
     int64_t import_key_validity;     /* BYOK: an older import key version is accepted this long */
     unsigned audit_checkpoint_every; /* audit records between signed checkpoints */
+    unsigned audit_sync_ms; /* result records fdatasync'd within this; 0: before each reply */
 } vaultd_config;
 
 void vaultd_config_defaults(vaultd_config *c);

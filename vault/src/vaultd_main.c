@@ -66,7 +66,8 @@ static void usage(FILE *f)
         "                     unwrap_workers, sessions, lease_seconds, max_message, "
         "activation_cooldown,\n"
         "                     rollback_window, lock_after_key_change, unlock_after_lock,\n"
-        "                     locked_environment_retention, import_key_validity\n"
+        "                     locked_environment_retention, import_key_validity,\n"
+        "                     audit_checkpoint_every, audit_sync_ms\n"
         "                     (see docs/operations.md)\n"
         "  --workers N        worker threads (default 4)\n"
         "  --unwrap-workers N worker threads that serve only storage nodes' unwraps\n"
@@ -77,6 +78,8 @@ static void usage(FILE *f)
         "  --smtp URL         deliver key-change notifications to this SMTP relay\n"
         "                     (smtp://host:port; --dev default: <state>/maildir)\n"
         "  --audit-checkpoint-every N  audit records between signed checkpoints (default 1000)\n"
+        "  --audit-sync-ms N  result records reach the disk (fdatasync) within N ms; 0: before\n"
+        "                     each reply (default 10; 0 to 1000; docs/audit.md)\n"
         "  --no-audit-log     --dev only, for benchmarks: run without the audit log\n"
         "  --verbose          debug logging\n"
         "  --help             this text\n"
@@ -100,12 +103,14 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {"no-audit-log", no_argument, NULL, 'A'},
         {"audit-checkpoint-every", required_argument, NULL, 'C'},
+        {"audit-sync-ms", required_argument, NULL, 'Y'},
         {NULL, 0, NULL, 0},
     };
     vaultd_config cfg;
     vaultd_config_defaults(&cfg);
     bool dev = false, no_audit = false;
-    long checkpoint_every = 0;
+    long checkpoint_every = 0, sync_ms = -1;
+    char *end = NULL;
     const char *config_path = NULL, *listen = NULL, *state_dir = NULL, *smtp = NULL;
     long workers = 0, sessions = 0, unwrap_workers = 0, lease_seconds = 0;
     int ch;
@@ -153,6 +158,13 @@ int main(int argc, char **argv)
             checkpoint_every = strtol(optarg, NULL, 10);
             if (checkpoint_every < 1 || checkpoint_every > 1000000) {
                 fprintf(stderr, "vaultd: --audit-checkpoint-every must be from 1 to 1000000\n");
+                return 2;
+            }
+            break;
+        case 'Y':
+            sync_ms = strtol(optarg, &end, 10);
+            if (end == optarg || *end != '\0' || sync_ms < 0 || sync_ms > 1000) {
+                fprintf(stderr, "vaultd: --audit-sync-ms must be from 0 to 1000\n");
                 return 2;
             }
             break;
@@ -221,11 +233,22 @@ int main(int argc, char **argv)
 #endif
     vault_ready = true;
     if (checkpoint_every > 0) cfg.audit_checkpoint_every = (unsigned)checkpoint_every;
+    if (sync_ms >= 0) cfg.audit_sync_ms = (unsigned)sync_ms;
+    char journal[PATH_MAX + 32];
+    snprintf(journal, sizeof(journal), "%s/audit.journal", store_dir);
+    vault_audit_config acfg = {.checkpoint_every = cfg.audit_checkpoint_every,
+                               .sync_ms = cfg.audit_sync_ms,
+                               .journal_path = journal};
+#ifdef KV_TEST_HOOKS
+    /* Test hook (--dev only): a small journal, reset every few hundred calls. */
+    const char *jbytes = getenv("HSMVAULT_TEST_AUDIT_JOURNAL_BYTES");
+    if (dev && jbytes != NULL) acfg.journal_bytes = (size_t)strtoul(jbytes, NULL, 10);
+#endif
     /* The audit log first: every later change (start-up reconcile and sweep
      * included) is recorded. */
     if (no_audit)
         KV_LOG_WARN("the audit log is OFF (--no-audit-log): for benchmarks only");
-    else if (kv_failed(vault_audit_open(&v, cfg.audit_checkpoint_every)))
+    else if (kv_failed(vault_audit_open(&v, &acfg)))
         goto fail;
     vault_audit_task("startup");
     if (kv_failed(vault_reconcile(&v))) goto fail;
