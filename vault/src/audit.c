@@ -80,6 +80,9 @@ struct vault_audit {
     pthread_cond_t work;     /* the writer: records, a round asked, or stop */
     pthread_cond_t synced;   /* callers: frames synced, a round ended, or broken */
     pthread_cond_t unsynced; /* the syncer (sync_ms 0): a frame appended, or stop */
+    /* One fdatasync of the journal at a time (audit_journal_sync). */
+    pthread_mutex_t sync_mu;
+    int sync_errno; /* under sync_mu: the first failure, sticky */
     /* Under mu: the journal and what waits for the fold. */
     int jfd;
     size_t jcap, jtail;
@@ -543,13 +546,35 @@ static kv_result audit_journal_reset(vault_audit *a, uint64_t gen)
     return KV_SUCCESS;
 }
 
+/* fdatasync of the journal, by the writer or the syncer, one at a time: a
+ * writeback error is reported once per open file and the failed pages may
+ * be marked clean, so a sync after a failed one proves nothing: the first
+ * failure sticks.  Returns 0 or the errno. */
+static int audit_journal_sync(vault_audit *a)
+{
+    pthread_mutex_lock(&a->sync_mu);
+    if (a->sync_errno == 0 && fdatasync(a->jfd) != 0) a->sync_errno = errno ? errno : EIO;
+    int e = a->sync_errno;
+    pthread_mutex_unlock(&a->sync_mu);
+    return e;
+}
+
+/* Marks the log broken after a failed journal sync (mu held). */
+static void audit_sync_failed(vault_audit *a, int e)
+{
+    kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot sync the audit journal: %s",
+                 strerror(e));
+    audit_break(a, "the audit journal could not be synced (its records stay in the journal for "
+                   "the next start)");
+}
+
 /* One round of the writer (mu held on entry and exit): fdatasync the
  * journal, wake the callers waiting for it, fold what it holds into the
  * chain.  When the journal is half full the round keeps mu throughout and
  * ends with a reset (appends wait a few milliseconds). */
 static void audit_round(vault_audit *a)
 {
-    bool reset = a->jtail > a->jcap / 2;
+    bool reset = a->jtail > a->jcap / 2 || a->jtail + KV_AJ_FRAME_MAX > a->jcap;
     audit_pending *batch = a->head;
     a->head = a->tail = NULL;
     uint64_t upto = a->jnext - 1, gen = a->jgen, ticket = a->rounds_asked;
@@ -557,19 +582,20 @@ static void audit_round(vault_audit *a)
      * that failed, whose frames the next start folds from the journal. */
     bool broken = a->broken;
     if (!reset) pthread_mutex_unlock(&a->mu);
-    int rc = fdatasync(a->jfd);
-    int e = errno;
+    int e = audit_journal_sync(a);
     if (!reset) pthread_mutex_lock(&a->mu);
-    if (rc == 0 && gen == a->jgen && upto > a->jsynced) a->jsynced = upto;
+    if (e != 0)
+        audit_sync_failed(a, e); /* before any caller can take the broadcast for success */
+    else if (gen == a->jgen && upto > a->jsynced)
+        a->jsynced = upto;
     pthread_cond_broadcast(&a->synced);
     if (!reset) pthread_mutex_unlock(&a->mu);
     kv_result r = KV_SUCCESS;
     audit_fold_ctx c = {.a = a, .batch = batch, .mark_gen = gen};
     for (const audit_pending *p = batch; p != NULL; p = p->next)
         c.mark_frame = p->number;
-    if (rc != 0)
-        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__,
-                         "cannot sync the audit journal: %s", strerror(e));
+    if (e != 0)
+        broken = true; /* already marked */
     else if (reset && kv_ok(r = audit_new_generation(&c.mark_gen)))
         c.mark_frame = 0;
     if (kv_ok(r) && !broken && (batch != NULL || reset))
@@ -577,8 +603,8 @@ static void audit_round(vault_audit *a)
     audit_pending_free(batch);
     if (!reset) pthread_mutex_lock(&a->mu);
     if (kv_failed(r))
-        audit_break(a, "the audit journal could not be synced or folded into the log (its "
-                       "records stay in the journal for the next start)");
+        audit_break(a, "the audit journal could not be folded into the log (its records stay "
+                       "in the journal for the next start)");
     else if (reset && !broken && kv_failed(audit_journal_reset(a, c.mark_gen)))
         audit_break(a, "the audit journal could not be reset");
     a->rounds_done = ticket;
@@ -587,7 +613,7 @@ static void audit_round(vault_audit *a)
 
 static void audit_deadline(struct timespec *ts, unsigned ms)
 {
-    clock_gettime(CLOCK_REALTIME, ts);
+    clock_gettime(CLOCK_MONOTONIC, ts); /* work's clock: a wall-clock step changes nothing */
     ts->tv_nsec += (long)(ms % 1000) * 1000000L;
     ts->tv_sec += ms / 1000 + ts->tv_nsec / 1000000000L;
     ts->tv_nsec %= 1000000000L;
@@ -639,14 +665,10 @@ static void *audit_syncer_main(void *arg)
         if (a->stop || a->broken) break;
         uint64_t upto = a->jnext - 1, gen = a->jgen;
         pthread_mutex_unlock(&a->mu);
-        int rc = fdatasync(a->jfd);
-        int e = errno;
+        int e = audit_journal_sync(a);
         pthread_mutex_lock(&a->mu);
-        if (rc != 0) {
-            kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__,
-                         "cannot sync the audit journal: %s", strerror(e));
-            audit_break(a, "the audit journal could not be synced (its records stay in the "
-                           "journal for the next start)");
+        if (e != 0) {
+            audit_sync_failed(a, e);
             break;
         }
         /* A reset meanwhile folded these frames and renumbered the journal. */
@@ -953,10 +975,11 @@ static kv_result audit_journal_recover(vault_audit *a, int fd, const char *path)
         r = kv_aj_scan(buf, len, &gen, have && gen == mark_gen ? audit_recover_one : NULL, &c, &end,
                        &frames);
         if (kv_ok(r) && (!have || gen != mark_gen) && frames > 0)
-            KV_LOG_ERROR("audit log: %s holds %" PRIu64 " records of journal generation %016" PRIx64
-                         ", which this store's log does not continue (its mark: %s); they are "
-                         "not folded",
-                         path, frames, gen, have ? "another generation" : "none");
+            KV_LOG_WARN("audit log: %s holds %" PRIu64 " records of journal generation %016" PRIx64
+                        ", which this store's log does not continue (its mark: %s): folded before "
+                        "a reset that a stop interrupted, or from another copy of the store; they "
+                        "are not folded again",
+                        path, frames, gen, have ? "another generation" : "none");
     }
     free(buf);
     if (kv_ok(r) && c.head != NULL) {
@@ -1071,7 +1094,12 @@ kv_result vault_audit_open(vault *v, const vault_audit_config *cfg)
     atomic_init(&a->next_call_id, (uint64_t)kv_clock_now_ms() << 16);
     pthread_mutex_init(&a->mu, NULL);
     pthread_mutex_init(&a->seal_mu, NULL);
-    pthread_cond_init(&a->work, NULL);
+    pthread_mutex_init(&a->sync_mu, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(&a->work, &monotonic);
+    pthread_condattr_destroy(&monotonic);
     pthread_cond_init(&a->synced, NULL);
     pthread_cond_init(&a->unsynced, NULL);
     kv_result r = audit_keys_ensure(a);
@@ -1121,6 +1149,7 @@ kv_result vault_audit_open(vault *v, const vault_audit_config *cfg)
         hsm_mac_session_close(a->macs);
         pthread_mutex_destroy(&a->mu);
         pthread_mutex_destroy(&a->seal_mu);
+        pthread_mutex_destroy(&a->sync_mu);
         pthread_cond_destroy(&a->work);
         pthread_cond_destroy(&a->synced);
         pthread_cond_destroy(&a->unsynced);
@@ -1148,6 +1177,7 @@ void vault_audit_close(vault *v)
     hsm_mac_session_close(a->macs);
     pthread_mutex_destroy(&a->mu);
     pthread_mutex_destroy(&a->seal_mu);
+    pthread_mutex_destroy(&a->sync_mu);
     pthread_cond_destroy(&a->work);
     pthread_cond_destroy(&a->synced);
     pthread_cond_destroy(&a->unsynced);
