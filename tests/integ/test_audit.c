@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "hsmvault/store/records.pb-c.h"
 #include "hsmvault/v1/audit.pb-c.h"
@@ -361,6 +362,88 @@ static void test_journal_resets(void)
     journal_resets(strict);
 }
 
+/* ---- a disk error on the journal ---- */
+
+static kv_result list_tenants(vc *op)
+{
+    Hsmvault__V1__ListTenantsRequest lt = HSMVAULT__V1__LIST_TENANTS_REQUEST__INIT;
+    Hsmvault__V1__ListTenantsResponse *ts = NULL;
+    kv_error_clear();
+    kv_result r = CALL(op, M("Tenants", "ListTenants"), lt, list_tenants_response, &ts);
+    kv_pb_free(ts ? &ts->base : NULL);
+    return r;
+}
+
+static bool refused_unrecorded(kv_result r)
+{
+    return kv_failed(r) && kv_error_code() == KV_ERR_UNAVAILABLE &&
+           strstr(kv_error_msg(), "audit log cannot be written") != NULL;
+}
+
+/* Starts vaultd with tests/lib/syncfail_shim.c preloaded: fsync/fdatasync
+ * of audit.journal fail with EIO while the trigger file exists. */
+static void start_with_syncfail(const char *trigger, const char *const *extra)
+{
+    kv_test_preload_begin(SYNCFAIL_SHIM);
+    setenv("SYNCFAIL_NAME", "audit.journal", 1);
+    setenv("SYNCFAIL_TRIGGER", trigger, 1);
+    CHECK(vaultd_proc_start_args(&vd, state, extra));
+    kv_test_preload_end();
+    unsetenv("SYNCFAIL_NAME");
+    unsetenv("SYNCFAIL_TRIGGER");
+}
+
+/* The journal's fdatasync fails (EIO): from then on every call is refused
+ * with UNAVAILABLE, also once the disk works again, until a restart; the
+ * restart folds what the journal holds and the chain verifies.  In the
+ * default mode the call appended just before the failing sync was answered
+ * (its record is in the journal, within audit_sync_ms of reaching the
+ * disk); with --audit-sync-ms 0 that call itself is refused. */
+static void sync_fails(const char *const *extra, bool strict)
+{
+    char trigger[400];
+    snprintf(trigger, sizeof(trigger), "%s/syncfail", tmp);
+    Hsmvault__V1__VerifyLogResponse *v = verify_log();
+    uint64_t before = v ? v->records : 0;
+    kv_pb_free(v ? &v->base : NULL);
+    CHECK(vaultd_proc_stop(&vd) == 0);
+    start_with_syncfail(trigger, extra);
+    vc *op = vaultd_proc_client(&vd, "operator");
+    uint64_t answered = 0;
+    CHECK_OK(list_tenants(op));
+    answered++;
+    usleep(100 * 1000); /* the writer's round for it is over */
+    FILE *f = fopen(trigger, "w");
+    CHECK(f != NULL);
+    if (f != NULL) fclose(f);
+    kv_result r = list_tenants(op);
+    if (strict) {
+        CHECK(refused_unrecorded(r));
+    } else {
+        CHECK_OK(r);
+        answered++;
+        usleep(100 * 1000); /* its sync fails */
+    }
+    for (int i = 0; i < 3; i++)
+        CHECK(refused_unrecorded(list_tenants(op)));
+    CHECK(unlink(trigger) == 0);
+    CHECK(refused_unrecorded(list_tenants(op))); /* a failed sync is not retried */
+    vc_close(op);
+    /* A clean stop still ends (its shutdown checkpoint covers what was folded). */
+    CHECK(vaultd_proc_stop(&vd) == 0);
+    CHECK(vaultd_proc_start(&vd, state));
+    v = verify_log();
+    CHECK(v != NULL && v->ok && v->records >= before + answered);
+    kv_pb_free(v ? &v->base : NULL);
+}
+
+static void test_sync_fails(void)
+{
+    sync_fails(NULL, false);
+    static const char *const strict[] = {"--audit-sync-ms", "0", NULL};
+    sync_fails(strict, true);
+}
+
 /* ---- tampering with the store file while vaultd is stopped ---- */
 
 typedef enum { T_EDIT, T_DELETE, T_SWAP, T_INSERT, T_TRUNCATE, T_TRUNCATE_CHECKPOINT } tamper_kind;
@@ -516,6 +599,7 @@ int main(void)
     RUN(test_crash_between_change_and_result);
     RUN(test_crash_after_journal_append);
     RUN(test_journal_resets);
+    RUN(test_sync_fails);
     RUN(test_tampering);
     if (vd.pid > 0) vaultd_proc_stop(&vd);
     int rc = kv_test_finish();

@@ -835,25 +835,13 @@ static void power_cut_round(unsigned seed, int run_ms)
     snprintf(real, sizeof(real), "%s.before-cut-%u", data_dir, seed);
     CHECK(mkdir(store, 0700) == 0);
     node_stop();
-    const char *asan = getenv("ASAN_OPTIONS");
-    char *asan_saved = asan != NULL ? strdup(asan) : NULL;
-    char asan_opts[512];
-    /* The shim precedes the sanitizer runtime in the library list. */
-    snprintf(asan_opts, sizeof(asan_opts), "%s%sverify_asan_link_order=0", asan ? asan : "",
-             asan && *asan ? ":" : "");
-    setenv("ASAN_OPTIONS", asan_opts, 1);
-    setenv("LD_PRELOAD", shim, 1);
+    kv_test_preload_begin(shim);
     setenv("POWERCUT_ROOT", data_dir, 1);
     setenv("POWERCUT_STORE", store, 1);
     node_start();
-    unsetenv("LD_PRELOAD");
+    kv_test_preload_end();
     unsetenv("POWERCUT_ROOT");
     unsetenv("POWERCUT_STORE");
-    if (asan_saved != NULL)
-        setenv("ASAN_OPTIONS", asan_saved, 1);
-    else
-        unsetenv("ASAN_OPTIONS");
-    free(asan_saved);
 
     atomic_store(&writer_stop, 0);
     pthread_t th;

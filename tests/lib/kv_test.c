@@ -42,3 +42,30 @@ void kv_test_rmtree(const char *path)
     if (path == NULL || strncmp(path, "/", 1) != 0 || strstr(path, "hsmvault-") == NULL) return;
     (void)kv_test_sh("rm -rf '%s'", path);
 }
+
+static char *preload_asan_saved;
+static bool preload_asan_had;
+
+void kv_test_preload_begin(const char *shim)
+{
+    const char *asan = getenv("ASAN_OPTIONS");
+    preload_asan_had = asan != NULL;
+    free(preload_asan_saved);
+    preload_asan_saved = asan != NULL ? strdup(asan) : NULL;
+    char opts[512];
+    snprintf(opts, sizeof(opts), "%s%sverify_asan_link_order=0", asan ? asan : "",
+             asan && *asan ? ":" : "");
+    setenv("ASAN_OPTIONS", opts, 1);
+    setenv("LD_PRELOAD", shim, 1);
+}
+
+void kv_test_preload_end(void)
+{
+    unsetenv("LD_PRELOAD");
+    if (preload_asan_had && preload_asan_saved != NULL)
+        setenv("ASAN_OPTIONS", preload_asan_saved, 1);
+    else
+        unsetenv("ASAN_OPTIONS");
+    free(preload_asan_saved);
+    preload_asan_saved = NULL;
+}

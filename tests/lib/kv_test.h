@@ -65,5 +65,10 @@ void kv_test_tmpdir(char *path, size_t cap, const char *tag);
 void kv_test_rmtree(const char *path);
 /* Runs a shell command, returns its exit status (-1 if it did not exit). */
 int kv_test_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* LD_PRELOAD of a test shim into the children started until
+ * kv_test_preload_end (ASan is told the shim precedes its runtime);
+ * kv_test_preload_end restores the environment. */
+void kv_test_preload_begin(const char *shim);
+void kv_test_preload_end(void);
 
 #endif
