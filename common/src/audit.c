@@ -5,6 +5,7 @@
  * copied into a message.
  */
 #include "kv_audit.h"
+#include "kv_cursor.h"
 
 #include <inttypes.h>
 #include <stdarg.h>
@@ -51,14 +52,6 @@ void kv_audit_record_hash(const uint8_t prev[KV_AUDIT_HASH_BYTES], uint64_t seq,
 
 static const char kv_aj_tag[] = "hsmvault-audit-journal-v1";
 
-static uint64_t kv_audit_get_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
-}
-
 void kv_aj_header(uint64_t generation, uint8_t out[KV_AJ_HEADER])
 {
     memset(out, 0, KV_AJ_HEADER);
@@ -73,8 +66,9 @@ kv_result kv_aj_header_parse(const uint8_t *p, size_t len, uint64_t *generation)
               "not an audit journal (no header)");
     KV_ENSURE(p[4] == 1 && p[5] == 0 && p[6] == 0 && p[7] == 0, KV_ERR_DATA_LOSS,
               "audit journal of an unknown format %u", (unsigned)p[4]);
-    *generation = kv_audit_get_be64(p + 8);
-    return KV_SUCCESS;
+    kv_cursor c;
+    kv_cursor_init(&c, p + 8, 8);
+    return kv_cursor_read_u64be(&c, generation); /* 8 bytes are there */
 }
 
 /* The checksum of a frame: its first 24 bytes and its event. */
@@ -94,12 +88,13 @@ size_t kv_aj_frame(uint64_t generation, uint64_t number, const uint8_t *event, s
                    uint8_t *out)
 {
     if (event == NULL || n == 0 || n > KV_AUDIT_EVENT_MAX) return 0;
-    memcpy(out, "HVAR", 4);
-    for (int i = 0; i < 4; i++)
-        out[4 + i] = (uint8_t)(n >> (24 - 8 * i));
-    kv_audit_be64(generation, out + 8);
-    kv_audit_be64(number, out + 16);
-    if (!kv_aj_sum(out, event, n, out + 24)) return 0;
+    kv_writer w;
+    kv_writer_init(&w, out, 24);
+    if (kv_failed(kv_writer_write(&w, "HVAR", 4)) ||
+        kv_failed(kv_writer_write_u32be(&w, (uint32_t)n)) ||
+        kv_failed(kv_writer_write_u64be(&w, generation)) ||
+        kv_failed(kv_writer_write_u64be(&w, number)) || !kv_aj_sum(out, event, n, out + 24))
+        return 0;
     memcpy(out + KV_AJ_FRAME_HEADER, event, n);
     return KV_AJ_FRAME_HEADER + n;
 }
@@ -108,23 +103,33 @@ kv_result kv_aj_scan(const uint8_t *buf, size_t len, uint64_t *generation, kv_aj
                      size_t *end, uint64_t *frames)
 {
     KV_GUARD(kv_aj_header_parse(buf, len, generation));
-    size_t at = KV_AJ_HEADER;
+    kv_cursor c;
+    kv_cursor_init(&c, buf, len);
+    KV_GUARD(kv_cursor_skip(&c, KV_AJ_HEADER)); /* parsed above: it is there */
     uint64_t count = 0;
-    while (len - at >= KV_AJ_FRAME_HEADER) {
-        const uint8_t *f = buf + at;
-        if (memcmp(f, "HVAR", 4) != 0) break;
-        size_t n = (size_t)f[4] << 24 | (size_t)f[5] << 16 | (size_t)f[6] << 8 | f[7];
-        if (n == 0 || n > KV_AUDIT_EVENT_MAX || len - at - KV_AJ_FRAME_HEADER < n) break;
-        if (kv_audit_get_be64(f + 8) != *generation || kv_audit_get_be64(f + 16) != count + 1)
+    /* What does not hold ends the journal, silently (a torn or old tail). */
+    while (kv_cursor_remaining(&c) >= KV_AJ_FRAME_HEADER) {
+        kv_cursor f = c;
+        const uint8_t *head = NULL, *sum = NULL, *event = NULL;
+        uint32_t n = 0;
+        uint64_t gen = 0, number = 0;
+        /* The frame header is all there: these reads cannot fail. */
+        KV_GUARD(kv_cursor_take(&f, 4, &head));
+        KV_GUARD(kv_cursor_read_u32be(&f, &n));
+        KV_GUARD(kv_cursor_read_u64be(&f, &gen));
+        KV_GUARD(kv_cursor_read_u64be(&f, &number));
+        KV_GUARD(kv_cursor_take(&f, 32, &sum));
+        if (memcmp(head, "HVAR", 4) != 0 || n == 0 || n > KV_AUDIT_EVENT_MAX ||
+            kv_cursor_remaining(&f) < n || gen != *generation || number != count + 1)
             break;
-        uint8_t sum[32];
-        if (!kv_aj_sum(f, f + KV_AJ_FRAME_HEADER, n, sum) || CRYPTO_memcmp(sum, f + 24, 32) != 0)
-            break;
-        if (fn != NULL) KV_GUARD(fn(arg, count + 1, f + KV_AJ_FRAME_HEADER, n));
+        KV_GUARD(kv_cursor_take(&f, n, &event));
+        uint8_t want[32];
+        if (!kv_aj_sum(head, event, n, want) || CRYPTO_memcmp(want, sum, 32) != 0) break;
+        if (fn != NULL) KV_GUARD(fn(arg, number, event, n));
         count++;
-        at += KV_AJ_FRAME_HEADER + n;
+        c = f;
     }
-    *end = at;
+    *end = c.off;
     *frames = count;
     return KV_SUCCESS;
 }

@@ -16,8 +16,8 @@
 
 static kv_result kv_file_errno(const char *what, const char *path, int e)
 {
-    kv_code code = e == ENOENT ? KV_ERR_NOT_FOUND
-                   : e == EEXIST ? KV_ERR_ALREADY_EXISTS
+    kv_code code = e == ENOENT                   ? KV_ERR_NOT_FOUND
+                   : e == EEXIST                 ? KV_ERR_ALREADY_EXISTS
                    : (e == EACCES || e == EPERM) ? KV_ERR_PERMISSION_DENIED
                                                  : KV_ERR_UNAVAILABLE;
     return kv_error_set(code, __FILE__, __LINE__, "cannot %s %s: %s", what, path, strerror(e));
@@ -100,11 +100,12 @@ kv_result kv_file_write_atomic(const char *path, const void *data, size_t len, u
     }
     char dir[PATH_MAX];
     snprintf(dir, sizeof(dir), "%s", path);
+    /* Until its directory is synced the rename may not survive a power cut. */
     int dfd = open(dirname(dir), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
+    if (dfd < 0) return kv_file_errno("open the directory of", path, errno);
+    int rc = fsync(dfd), e = errno;
+    close(dfd);
+    if (rc != 0) return kv_file_errno("sync the directory of", path, e);
     return KV_SUCCESS;
 }
 

@@ -33,6 +33,7 @@
 #include <openssl/sha.h>
 
 #include "kv_audit.h"
+#include "kv_file.h"
 #include "kv_base64.h"
 #include "kv_clock.h"
 #include "kv_log.h"
@@ -713,9 +714,9 @@ static kv_result audit_append(vault_audit *a, const uint8_t *ev, size_t n)
 {
     KV_ENSURE(n > 0 && n <= KV_AUDIT_EVENT_MAX, KV_ERR_INTERNAL, "audit event of %zu bytes", n);
     audit_pending *p = malloc(sizeof(*p) + n);
-    uint8_t *frame = malloc(KV_AJ_FRAME_HEADER + n);
+    uint8_t frame[KV_AJ_FRAME_MAX];
     kv_result r = KV_SUCCESS;
-    KV_ENSURE_GOTO(p != NULL && frame != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
+    KV_ENSURE_GOTO(p != NULL, r, out, KV_ERR_RESOURCE_EXHAUSTED,
                    "out of memory writing an audit record");
     memcpy(p->event, ev, n);
     p->len = n;
@@ -767,7 +768,6 @@ static kv_result audit_append(vault_audit *a, const uint8_t *ev, size_t n)
     }
     pthread_mutex_unlock(&a->mu);
 out:
-    free(frame);
     free(p);
     return r;
 }
@@ -936,32 +936,19 @@ static kv_result audit_journal_mark(vault *v, bool *have, uint64_t *gen, uint64_
 }
 
 /* Folds what a journal left by an unclean stop holds beyond the mark. */
-static kv_result audit_journal_recover(vault_audit *a, int fd, const char *path)
+static kv_result audit_journal_recover(vault_audit *a, const char *path)
 {
     bool have = false;
     uint64_t mark_gen = 0, folded = 0;
     KV_GUARD(audit_journal_mark(a->v, &have, &mark_gen, &folded));
-    struct stat st;
-    KV_ENSURE(fstat(fd, &st) == 0, KV_ERR_UNAVAILABLE, "cannot stat %s: %s", path, strerror(errno));
-    KV_ENSURE(st.st_size >= 0 && st.st_size <= (off_t)(16 * AUDIT_JOURNAL_BYTES), KV_ERR_DATA_LOSS,
-              "%s is %lld bytes: not an audit journal", path, (long long)st.st_size);
-    size_t len = (size_t)st.st_size;
-    uint8_t *buf = malloc(len ? len : 1);
-    KV_ENSURE(buf != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory reading %s", path);
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = pread(fd, buf + got, len - got, (off_t)got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        got += (size_t)n;
-    }
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    KV_GUARD(kv_file_read(path, 16 * AUDIT_JOURNAL_BYTES, &buf, &len));
     kv_result r = KV_SUCCESS;
     uint64_t gen = 0, frames = 0;
     size_t end = 0;
     audit_recover_ctx c = {0};
-    if (got != len) {
-        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot read %s", path);
-    } else if (kv_failed(kv_aj_header_parse(buf, len, &gen))) {
+    if (kv_failed(kv_aj_header_parse(buf, len, &gen))) {
         /* Written only at creation and at resets, after every frame was
          * folded: nothing in it is lost, but say so. */
         KV_LOG_ERROR("audit log: %s has no valid header (%s); it is replaced", path,
@@ -995,45 +982,17 @@ static kv_result audit_journal_recover(vault_audit *a, int fd, const char *path)
     return r;
 }
 
-/* A journal file of bytes written with zeros (so that appends
- * and fdatasync never change its size or allocation), made durable. */
+/* A journal file of bytes written with zeros (so that appends and
+ * fdatasync never change its size or allocation), made durable. */
 static kv_result audit_journal_create(const char *path, size_t bytes, int *out)
 {
-    char tmp[PATH_MAX + 8];
-    KV_ENSURE(snprintf(tmp, sizeof(tmp), "%s.new", path) < (int)sizeof(tmp),
-              KV_ERR_INVALID_ARGUMENT, "path too long: %s", path);
-    int fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    KV_ENSURE(fd >= 0, KV_ERR_UNAVAILABLE, "cannot create %s: %s", tmp, strerror(errno));
-    static const uint8_t zeros[65536];
-    kv_result r = KV_SUCCESS;
-    for (size_t at = 0; kv_ok(r) && at < bytes; at += sizeof(zeros)) {
-        size_t n = bytes - at < sizeof(zeros) ? bytes - at : sizeof(zeros);
-        if (pwrite(fd, zeros, n, (off_t)at) != (ssize_t)n)
-            r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot write %s: %s", tmp,
-                             strerror(errno));
-    }
-    if (kv_ok(r) && fdatasync(fd) != 0)
-        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot sync %s: %s", tmp,
-                         strerror(errno));
-    if (kv_ok(r) && rename(tmp, path) != 0)
-        r = kv_error_set(KV_ERR_UNAVAILABLE, __FILE__, __LINE__, "cannot rename %s: %s", tmp,
-                         strerror(errno));
-    if (kv_failed(r)) {
-        close(fd);
-        unlink(tmp);
-        return r;
-    }
-    char dir[PATH_MAX + 8];
-    snprintf(dir, sizeof(dir), "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash != NULL) *slash = '\0';
-    int dfd = open(slash != NULL ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    bool synced = dfd >= 0 && fsync(dfd) == 0;
-    if (dfd >= 0) close(dfd);
-    if (!synced) {
-        close(fd);
-        KV_BAIL(KV_ERR_UNAVAILABLE, "cannot sync the directory of %s", path);
-    }
+    uint8_t *zeros = calloc(1, bytes);
+    KV_ENSURE(zeros != NULL, KV_ERR_RESOURCE_EXHAUSTED, "out of memory creating %s", path);
+    kv_result r = kv_file_write_atomic(path, zeros, bytes, 0600);
+    free(zeros);
+    KV_GUARD(r);
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    KV_ENSURE(fd >= 0, KV_ERR_UNAVAILABLE, "cannot open %s: %s", path, strerror(errno));
     *out = fd;
     return KV_SUCCESS;
 }
@@ -1047,7 +1006,7 @@ static kv_result audit_journal_open(vault_audit *a, const char *path, size_t byt
     KV_ENSURE(fd >= 0 || errno == ENOENT, KV_ERR_UNAVAILABLE, "cannot open %s: %s", path,
               strerror(errno));
     if (fd >= 0) {
-        kv_result r = audit_journal_recover(a, fd, path);
+        kv_result r = audit_journal_recover(a, path);
         struct stat st;
         if (kv_ok(r) && (fstat(fd, &st) != 0 || st.st_size != (off_t)a->jcap)) {
             close(fd);
